@@ -1,0 +1,3 @@
+from verydeep.cli.main import main
+
+raise SystemExit(main())

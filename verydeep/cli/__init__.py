@@ -1,0 +1,1 @@
+"""The ``verydeep`` command: one thin layer over the package's functions."""

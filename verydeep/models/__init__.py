@@ -1,0 +1,43 @@
+"""VGG configurations A, A-LRN, B, C, D, E (optionally with batch norm)."""
+
+from __future__ import annotations
+
+from verydeep.models.fully_convolutional import FullyConvolutionalVGG, fully_convolutional
+from verydeep.models.config import DEFAULT_INIT, ModelConfig
+from verydeep.models.init import init_from_shallower, initialise, shallower_mapping
+from verydeep.models.registry import list_models, model_name, resolve
+from verydeep.models.vgg import VGG, VGGSpec
+from verydeep.models.weights import (
+    caffe_bgr_to_rgb,
+    infer_spec,
+    load_model,
+    read_weights,
+    save_weights,
+)
+
+
+def create_model(name: str = "vgg16", num_classes: int = 1000, batch_norm: bool | None = None,
+                 width: float = 1.0, *, init: str = DEFAULT_INIT, init_std: float = 0.01,
+                 **opts) -> VGG:
+    """Build a VGG by registry name (``vgg16``, ``vgg19_bn``, ...) or paper letter (``D``).
+
+    ``batch_norm=None`` takes it from the name (``*_bn``). ``opts``: ``dropout`` (0.5),
+    ``head_size`` (7; the spatial size FC1 sees, input_size/32), ``fc_features`` (hidden FC
+    width, default round(4096 * width)). ``init``: gaussian, glorot/xavier or kaiming.
+    """
+    config, bn = resolve(name)
+    spec = VGGSpec(config=config, batch_norm=bn if batch_norm is None else batch_norm,
+                   num_classes=num_classes, width=width, **opts)
+    return initialise(VGG(spec), init, std=init_std)
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = [
+    "VGG", "VGGSpec", "FullyConvolutionalVGG", "create_model", "fully_convolutional",
+    "initialise", "init_from_shallower", "shallower_mapping", "list_models", "model_name",
+    "resolve", "save_weights", "read_weights", "load_model", "infer_spec", "caffe_bgr_to_rgb",
+    "count_parameters",
+]

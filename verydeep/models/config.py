@@ -1,0 +1,28 @@
+"""Model section of a run configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The one place the default init scheme is named (create_model and recipes share it).
+DEFAULT_INIT = "kaiming"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vgg16"  # registry name or paper letter
+    batch_norm: bool | None = None  # None: from the name (*_bn)
+    num_classes: int | None = None  # None: number of classes in the training set
+    width: float = 1.0  # channel multiplier (tiny nets for tests and the demo)
+    head_size: int | None = None  # spatial size FC1 sees; None: data.crop_size // 32
+    fc_features: int | None = None  # hidden FC width; None: round(4096 * width)
+    dropout: float = 0.5
+    init: str = DEFAULT_INIT  # gaussian | glorot | xavier | kaiming
+    init_std: float = 0.01  # std of the gaussian scheme
+    # Paper Sec. 3.1: start a deeper net from a trained shallower one (first four convs and
+    # the three FC layers; see verydeep.models.init.shallower_mapping).
+    init_from: str | None = None
+    init_from_convs: int = 4  # -1: every conv that has a counterpart
+    # Start from a full set of weights (e.g. S=384 from the S=256 net, or torchvision's).
+    weights: str | None = None
+    caffe_bgr: bool = False  # the weights expect BGR input (Caffe): flip conv1's channels

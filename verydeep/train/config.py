@@ -1,0 +1,88 @@
+"""Optimiser, LR-schedule and loop sections of a run configuration (defaults: the paper's)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("plateau", "step", "multistep", "cosine", "constant")
+AMP_MODES = ("auto", "none", "bf16", "fp16")
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.01
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
+    weight_decay: float = 5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam / adamw
+    eps: float = 1e-8
+    # Exempt biases and norm parameters from weight decay (a modern refinement; the paper decays all).
+    no_decay_bias_norm: bool = False
+    grad_clip: float | None = None  # max global grad norm; None: off
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"name: unknown optimiser {self.name!r}; known: {', '.join(OPTIMIZERS)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must have two values, got {self.betas}")
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "plateau"  # plateau | step | multistep | cosine | constant
+    # plateau (the paper): divide by 1/factor when val top-1 error has not improved for
+    # `patience` validations; after `max_decreases` decreases the next plateau stops the run.
+    factor: float = 0.1
+    patience: int = 1
+    threshold: float = 0.0  # improvement (percentage points of top-1 error) that counts
+    max_decreases: int = 3
+    # step / multistep (epochs)
+    step_size: int = 30
+    milestones: list[int] = field(default_factory=lambda: [30, 60, 80])
+    gamma: float = 0.1
+    # cosine: per-step decay to min_lr after a linear warmup
+    warmup_epochs: float = 0.0
+    warmup_start_factor: float = 0.01
+    min_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in SCHEDULES:
+            raise ValueError(f"name: unknown schedule {self.name!r}; known: {', '.join(SCHEDULES)}")
+        if not 0 < self.factor < 1:
+            raise ValueError(f"factor must be in (0, 1), got {self.factor}")
+        if self.patience < 0 or self.max_decreases < 0:
+            raise ValueError("patience and max_decreases must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 74  # the paper: 370K iterations = 74 epochs of 1.28M images at batch 256
+    max_iterations: int | None = 370_000  # optimiser steps; None: no cap
+    batch_size: int = 256  # GLOBAL batch, split over processes and accumulation steps
+    micro_batch_size: int | None = None  # per-process forward batch; None: batch_size / world
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | none | bf16 | fp16
+    channels_last: bool | None = None  # None: on CUDA only
+    compile: bool = False  # torch.compile the model
+    cudnn_benchmark: bool = True
+    val_every_steps: int | None = None  # extra validations inside an epoch
+    checkpoint_every_steps: int | None = None  # extra last.pt writes inside an epoch
+    val_batch_size: int | None = None  # None: same as the per-process batch
+    log_every: int = 10  # steps between metrics.jsonl train records
+    nonfinite: str = "stop"  # stop | skip: what a NaN/inf loss does
+    label_smoothing: float = 0.0
+    tensorboard: bool = True
+    plot: bool = True
+
+    def __post_init__(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp: unknown mode {self.amp!r}; known: {', '.join(AMP_MODES)}")
+        if self.nonfinite not in ("stop", "skip"):
+            raise ValueError(f"nonfinite must be stop or skip, got {self.nonfinite!r}")
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ValueError("batch_size and epochs must be >= 1")

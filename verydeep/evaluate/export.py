@@ -1,0 +1,84 @@
+"""Export a trained net: ONNX (classifier and fully-convolutional forms) and safetensors.
+
+- classifier form: input ``images`` [batch, 3, C, C] at the training crop C (224 for the
+  paper), output ``logits`` [batch, classes]; the batch is dynamic.
+- dense form: the paper's fully-convolutional net, input ``images`` [batch, 3, height, width]
+  with dynamic batch, height and width (each at least 32 * head_size), output ``scores``
+  [batch, classes, h, w], the class-score map to average spatially.
+
+Both take images preprocessed as for training (``preprocessing`` in the metadata: RGB in
+[0, 1], then the recorded mean/std); the class ids, names and preprocessing are stored in the
+ONNX file's metadata (key ``verydeep``) and in the safetensors header.
+
+The default exporter is TorchScript tracing: for this graph of convs, pools and matmuls it is
+exact and fast, and ``dynamic_axes`` give the free height/width. ``dynamo=True`` uses the
+torch.export-based exporter instead (slower to run, the one PyTorch is moving to).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from verydeep.evaluate.checkpoints import EvalNet, as_eval_nets
+from verydeep.models import fully_convolutional, save_weights
+
+FORMS = ("classifier", "dense")
+
+
+def export_metadata(net: EvalNet) -> dict:
+    return {"spec": net.model.spec.to_dict(), "classes": net.classes, "class_names": net.class_names,
+            "preprocessing": net.preprocessing(), "source": net.source}
+
+
+def export_onnx(net, path: str | Path, *, form: str = "classifier", image_size: int | None = None,
+                opset: int = 17, dynamo: bool = False) -> Path:
+    """Write ``net`` (an EvalNet, VGG or checkpoint path) as ONNX in the given form."""
+    import onnx
+
+    if form not in FORMS:
+        raise ValueError(f"unknown export form {form!r}; choose {' or '.join(FORMS)}")
+    (net,) = as_eval_nets(net)
+    model = net.model.cpu().float().eval()
+    spec = model.spec
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if form == "classifier":
+        module, size, out_name = model, image_size or 32 * spec.head_size, "logits"
+        dyn_axes = {"images": {0: "batch"}, out_name: {0: "batch"}}
+    else:
+        module, out_name = fully_convolutional(model).eval(), "scores"
+        size = image_size or 32 * (spec.head_size + 1)
+        dyn_axes = {"images": {0: "batch", 2: "height", 3: "width"},
+                    out_name: {0: "batch", 2: "score_height", 3: "score_width"}}
+    example = torch.zeros(2, 3, size, size)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and deprecation chatter; the graph is static
+        if dynamo:
+            dims = {0: torch.export.Dim("batch")}
+            if form == "dense":
+                m = 32 * spec.head_size
+                dims.update({2: torch.export.Dim("height", min=m), 3: torch.export.Dim("width", min=m)})
+            program = torch.onnx.export(module, (example,), input_names=["images"], output_names=[out_name],
+                                        dynamic_shapes=(dims,), dynamo=True, opset_version=max(opset, 18))
+            program.save(str(path))
+        else:
+            torch.onnx.export(module, (example,), str(path), input_names=["images"], output_names=[out_name],
+                              dynamic_axes=dyn_axes, opset_version=opset, dynamo=False)
+    module.eval()  # the exporter restores the wrapper's mode recursively
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "verydeep", json.dumps({**export_metadata(net), "form": form})
+    onnx.save(proto, str(path))
+    return path
+
+
+def export_safetensors(net, path: str | Path) -> Path:
+    """Weights + spec + classes + preprocessing in one safetensors file (``load_model`` reads it)."""
+    (net,) = as_eval_nets(net)
+    meta = export_metadata(net)
+    meta.pop("spec")
+    return save_weights(net.model, Path(path), meta=meta)

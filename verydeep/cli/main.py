@@ -10,6 +10,7 @@ import sys
 # Command modules, each with ``add_parser(subparsers)``; handlers return an exit code.
 COMMANDS = (
     "verydeep.cli.models",
+    "verydeep.cli.train",
     "verydeep.cli.evaluate",
 )
 

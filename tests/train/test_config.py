@@ -1,0 +1,61 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from verydeep.config import ConfigError, config_from_dict, config_to_dict, load_config, save_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_recipe_loads(path):
+    cfg = load_config(path)
+    assert cfg.description, f"{path.name} must say which paper setting it is"
+
+
+def test_recipes_exist_for_every_paper_setting():
+    names = {p.stem for p in CONFIGS}
+    for required in ["paper_A_S256", "paper_B_S256", "paper_D_S256", "paper_D_S384",
+                     "paper_D_multiscale", "glorot_D_S256", "notebook_vgg16", "demo"]:
+        assert required in names
+
+
+def test_unknown_key_is_named(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("optim:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"'optim\.lrr'"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"'modle'"):
+        load_config(None, ["modle.name=vgg11"])
+
+
+@pytest.mark.parametrize("override,key", [
+    ("optim.lr=fast", "optim.lr"),
+    ("train.epochs=2.5", "train.epochs"),
+    ("train.compile=maybe", "train.compile"),
+    ("schedule.milestones=3", "schedule.milestones"),
+    ("train.batch_size=true", "train.batch_size"),
+])
+def test_wrong_types_are_named(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_invalid_values_are_named():
+    with pytest.raises(ConfigError, match="optimiser 'rmsprop'"):
+        load_config(None, ["optim.name=rmsprop"])
+
+
+def test_overrides_and_roundtrip(tmp_path):
+    cfg = load_config(None, ["optim.lr=1e-3", "optim.name=adamw", "model.width=0.125",
+                             "schedule.milestones=[2, 4]", "model.num_classes=null"])
+    assert cfg.optim.lr == 0.001 and cfg.optim.name == "adamw" and cfg.model.width == 0.125
+    assert cfg.schedule.milestones == [2, 4]
+    save_config(cfg, tmp_path / "c.yaml")
+    again = config_from_dict(yaml.safe_load((tmp_path / "c.yaml").read_text()))
+    assert config_to_dict(again) == config_to_dict(cfg)
+
+
+def test_int_accepted_for_float():
+    assert load_config(None, ["optim.lr=1"]).optim.lr == 1.0

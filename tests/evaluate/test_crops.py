@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from verydeep.evaluate.crops import crop_positions, grid_offsets, multicrop_grid
+from verydeep.evaluate.crops import center_crop, crop_positions, grid_offsets, multicrop_grid
 
 
 def test_grid_offsets_corners_and_evenly_spaced():
@@ -56,3 +56,11 @@ def test_bad_sizes_are_rejected():
         grid_offsets(0, 224)
     with pytest.raises(ValueError):
         multicrop_grid(torch.zeros(2, 2), 4)
+
+
+def test_center_crop_is_the_middle_of_the_grid_and_pads_small_images():
+    x = torch.randn(2, 3, 48, 64)
+    torch.testing.assert_close(center_crop(x, 32), x[..., 8:40, 16:48])
+    assert center_crop(x, 48).shape == (2, 3, 48, 48)
+    small = center_crop(torch.ones(1, 3, 24, 24), 32)
+    assert small[..., 4:28, 4:28].eq(1).all() and small.sum() == 3 * 24 * 24

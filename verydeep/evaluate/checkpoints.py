@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # DataConfig fields that describe how a net's input was made (the rest say where data lives
 # and how it is loaded, which belongs to the dataset being evaluated).
-PREPROCESSING_KEYS = ("normalize", "mean", "std", "crop_size", "scale_min", "scale_max")
+PREPROCESSING_KEYS = ("normalize", "mean", "std", "stats_file", "crop_size", "scale_min", "scale_max")
 TORCHVISION = {"normalize": "mean_std", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
                "scale_min": 256, "scale_max": 256, "crop_size": 224}
 CAFFE = {"normalize": "mean_std", "mean": [123.68 / 255, 116.779 / 255, 103.939 / 255],

@@ -57,5 +57,13 @@ def multicrop_grid(images: torch.Tensor, crop: int, n: int = GRID, flip: bool = 
     return out
 
 
+def center_crop(images: torch.Tensor, crop: int) -> torch.Tensor:
+    """The centre crop of a batch [B, C, H, W] (the n=1 grid), zero-padded if the image is smaller."""
+    h, w = images.shape[-2:]
+    if (h, w) == (crop, crop):
+        return images
+    return multicrop_grid(images, crop, n=1, flip=False)[:, 0]
+
+
 def crops_per_image(n: int = GRID, flip: bool = True) -> int:
     return n * n * (2 if flip else 1)

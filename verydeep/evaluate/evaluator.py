@@ -179,7 +179,9 @@ def evaluate_rows(nets, data_cfg, samples: Sequence, rows: Sequence[RowSpec], *,
             models.append(m)
         by_read: dict[tuple, list[str]] = {}
         for kind, q in passes:
-            by_read.setdefault((q, crop_size if kind == "center" else None), []).append(kind)
+            # The loader's own centre crop (as in training's validation) needs Q >= crop.
+            crop = crop_size if kind == "center" and q >= crop_size else None
+            by_read.setdefault((q, crop), []).append(kind)
         for (q, crop), kinds in by_read.items():
             loader = build_eval_loader(cfg, samples, batch_size, scale=q, crop=crop,
                                        rank=dist.rank, world_size=dist.world_size)

@@ -45,7 +45,7 @@ def predict(nets, images: Sequence[str | Path], *, protocol: str = "dense",
             crop_size = int(net.data.crop_size)
             for q in scales:
                 for kind in protocols.KINDS[protocol]:
-                    crop = crop_size if kind == "center" else None
+                    crop = crop_size if kind == "center" and int(q) >= crop_size else None
                     x = eval_transform(net.data, int(q), crop)(img)[None].to(dev)
                     p = protocols.posteriors(kind, model, x, crop=crop_size, flip=flip,
                                              dense_average=dense_average)[0].float().cpu()

@@ -1,7 +1,8 @@
 """The paper's test-time protocols, each turning a batch of images into class posteriors.
 
 - ``center``: one crop of the training crop size from the image rescaled to Q (the loader
-  crops), the classifier form of the net; the single-crop validation of training.
+  crops when Q >= crop, else the image is zero-padded), the classifier form of the net; the
+  single-crop validation of training.
 - ``dense_scores``: the fully-convolutional net on the whole image rescaled to Q; the class
   score map is spatially averaged (Sec. 3.2).
 - ``multicrop``: a 5x5 grid of crops (``verydeep.evaluate.crops``), posteriors averaged.
@@ -19,7 +20,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from verydeep.evaluate.crops import GRID, crops_per_image, multicrop_grid
+from verydeep.evaluate.crops import GRID, center_crop, crops_per_image, multicrop_grid
 from verydeep.models import VGG, fully_convolutional
 
 PROTOCOLS = ("center", "dense", "multicrop", "dense+multicrop")
@@ -62,9 +63,15 @@ def _average_flip(p: torch.Tensor, batch: int, flip: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def center(model: VGG, images: torch.Tensor, *, flip: bool = True) -> torch.Tensor:
-    """Posteriors [B, K] of the classifier on (already cropped) images, flip-averaged."""
+def center(model: VGG, images: torch.Tensor, *, crop: int | None = None, flip: bool = True) -> torch.Tensor:
+    """Posteriors [B, K] of the classifier on the centre ``crop`` of the images, flip-averaged.
+
+    Images already cropped by the loader pass through; larger ones are centre-cropped here,
+    smaller ones zero-padded (a test scale Q below the crop size).
+    """
     b = images.shape[0]
+    if crop is not None:
+        images = center_crop(images, crop)
     probs = _run(model, _with_flip(images, flip)).softmax(dim=1)
     return _average_flip(probs, b, flip)
 
@@ -121,7 +128,7 @@ def posteriors(kind: str, model: VGG, images: torch.Tensor, *, crop: int, flip: 
                dense_average: str = DENSE_AVERAGE, max_batch: int | None = None) -> torch.Tensor:
     """One protocol's posteriors for a batch (``kind``: center, dense or multicrop)."""
     if kind == "center":
-        return center(model, images, flip=flip)
+        return center(model, images, crop=crop, flip=flip)
     if kind == "dense":
         return dense_scores(model, images, flip=flip, average=dense_average)
     if kind == "multicrop":

@@ -1,0 +1,99 @@
+"""Data section of a run configuration: where the images are, how they are transformed, how
+they are loaded. The one place these defaults live."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Krizhevsky et al. 2012 colour PCA of ImageNet training pixels in [0, 1] (the values
+# fb.resnet.torch and most ports use). Columns of the eigenvector matrix are the principal
+# directions; row c is the R, G or B component.
+IMAGENET_PCA_EIGVAL = [0.2175, 0.0188, 0.0045]
+IMAGENET_PCA_EIGVEC = [
+    [-0.5675, 0.7192, 0.4009],
+    [-0.5808, -0.0045, -0.8140],
+    [-0.5836, -0.6948, 0.4203],
+]
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+TRAIN_TRANSFORMS = ("scale_jitter", "random_resized_crop")
+NORMALIZATIONS = ("mean_rgb", "mean_std")
+
+
+@dataclass
+class DataConfig:
+    # --- where the data lives -------------------------------------------------------------
+    root: str | None = None  # folder with train/ and val/ (or Kaggle's ILSVRC/Data/CLS-LOC/)
+    train_dir: str | None = None  # explicit train folder (class sub-folders); default root/train
+    val_dir: str | None = None  # explicit val folder; default root/val
+    # Ground truth of a flat val folder: Kaggle LOC_val_solution.csv or the devkit's
+    # ILSVRC2012_validation_ground_truth.txt. None: looked for next to val/ and in root.
+    val_labels: str | None = None
+    # Devkit ILSVRC id -> wnid mapping ("<id> <wnid>" per line, or one wnid per line in id
+    # order). None: looked for next to the ground truth.
+    val_synsets: str | None = None
+    # wnid -> human name ("<wnid> <name>" per line, LOC_synset_mapping.txt). None: looked for.
+    synset_names: str | None = None
+    index_cache: str | None = None  # folder for the cached file index; None: ~/.cache/verydeep
+
+    # --- training transform (paper Sec. 3.1) ----------------------------------------------
+    train_transform: str = "scale_jitter"  # scale_jitter | random_resized_crop
+    # Training scale S: the shorter side after isotropic rescaling. scale_min == scale_max is
+    # single-scale training (S=256 or 384); scale_min < scale_max draws S uniformly per image.
+    scale_min: int = 256
+    scale_max: int = 256
+    crop_size: int = 224
+    flip: bool = True
+    colour_shift: float = 0.1  # std of the PCA colour-shift alphas; 0 disables it
+    pca_eigval: list[float] = field(default_factory=lambda: list(IMAGENET_PCA_EIGVAL))
+    pca_eigvec: list[list[float]] = field(default_factory=lambda: [list(r) for r in IMAGENET_PCA_EIGVEC])
+    # mean_rgb: subtract the training set's mean RGB only (the paper); mean_std: (x - mean) / std
+    # (torchvision). Pixels are in [0, 1] in both.
+    normalize: str = "mean_rgb"
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    # JSON written by `verydeep data stats`; when set, its mean, std and PCA replace the above.
+    stats_file: str | None = None
+    rrc_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random_resized_crop area
+    rrc_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # and aspect range
+
+    # --- evaluation transform ---------------------------------------------------------------
+    eval_scale: int = 256  # test scale Q (shorter side)
+    eval_crop: int = 224  # centre crop for single-crop validation
+
+    # --- loading -----------------------------------------------------------------------------
+    workers: int = 4  # loader worker processes per training process; 0: in-process
+    prefetch_factor: int = 2  # batches each worker keeps ready
+    pin_memory: bool = True  # page-locked batches when training on CUDA
+    persistent_workers: bool = True  # keep workers alive across epochs
+    max_bad_retries: int = 10  # replacement draws for an unreadable training image
+    draft: bool = True  # let the JPEG decoder downscale by 2/4/8 when the target scale allows
+
+    def __post_init__(self) -> None:
+        if self.train_transform not in TRAIN_TRANSFORMS:
+            raise ValueError(f"train_transform={self.train_transform!r}; expected one of {', '.join(TRAIN_TRANSFORMS)}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize={self.normalize!r}; expected one of {', '.join(NORMALIZATIONS)}")
+        if self.crop_size < 1 or self.eval_crop < 1 or self.eval_scale < 1:
+            raise ValueError("crop_size, eval_crop and eval_scale must be positive")
+        if self.scale_min > self.scale_max:
+            raise ValueError(f"scale_min={self.scale_min} is larger than scale_max={self.scale_max}")
+        if self.train_transform == "scale_jitter" and self.scale_min < self.crop_size:
+            raise ValueError(f"scale_min={self.scale_min} is smaller than crop_size={self.crop_size}: "
+                             "a crop must fit inside the rescaled image")
+        if self.colour_shift < 0:
+            raise ValueError(f"colour_shift={self.colour_shift} must be >= 0")
+        for name in ("mean", "std", "pca_eigval"):
+            if len(getattr(self, name)) != 3:
+                raise ValueError(f"{name} must have 3 values (R, G, B), got {getattr(self, name)!r}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std!r}")
+        if len(self.pca_eigvec) != 3 or any(len(r) != 3 for r in self.pca_eigvec):
+            raise ValueError("pca_eigvec must be a 3x3 matrix (rows R, G, B; columns eigenvectors)")
+        if len(self.rrc_scale) != 2 or not 0 < self.rrc_scale[0] <= self.rrc_scale[1] <= 1:
+            raise ValueError(f"rrc_scale must be [min, max] within (0, 1], got {self.rrc_scale!r}")
+        if len(self.rrc_ratio) != 2 or not 0 < self.rrc_ratio[0] <= self.rrc_ratio[1]:
+            raise ValueError(f"rrc_ratio must be [min, max] > 0, got {self.rrc_ratio!r}")
+        if self.workers < 0 or self.prefetch_factor < 1 or self.max_bad_retries < 0:
+            raise ValueError("workers and max_bad_retries must be >= 0 and prefetch_factor >= 1")

@@ -1,0 +1,175 @@
+"""Embedded demo data: a small ImageNet-layout dataset a CPU learns in minutes.
+
+Ten classes of objects that differ in *shape* only: colours are random and independent of the
+class, backgrounds are cluttered (gradients, noise, strokes, arcs, blobs), the object's size
+varies more than 4x, image sizes and aspect ratios vary. Written as ImageNet is distributed:
+``train/<wnid>/<wnid>_<k>.JPEG``, a flat ``val/ILSVRC2012_val_<k>.JPEG`` with Kaggle's
+``LOC_val_solution.csv`` (with the object's bounding box) and ``LOC_synset_mapping.txt``.
+Deterministic by seed: every image is drawn from its own generator (seed, split, number).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# (wnid, name): the wnids sort in this order, so the class index is the position here.
+DEMO_CLASSES = [
+    ("n90000001", "disc"), ("n90000002", "ring"), ("n90000003", "triangle"), ("n90000004", "square"),
+    ("n90000005", "star"), ("n90000006", "cross"), ("n90000007", "crescent"), ("n90000008", "arrow"),
+    ("n90000009", "heart"), ("n90000010", "hourglass"),
+]
+
+SUPERSAMPLE = 2  # shapes are drawn at 2x and box-filtered down: anti-aliased edges
+
+
+def _circle(n=48, radius=1.0, cx=0.0, cy=0.0):
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return np.stack([cx + radius * np.cos(t), cy + radius * np.sin(t)], 1)
+
+
+def _regular(n, start=-np.pi / 2):
+    t = start + np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return np.stack([np.cos(t), np.sin(t)], 1)
+
+
+def _star():
+    t = -np.pi / 2 + np.linspace(0, 2 * np.pi, 10, endpoint=False)
+    r = np.where(np.arange(10) % 2 == 0, 1.0, 0.42)
+    return np.stack([r * np.cos(t), r * np.sin(t)], 1)
+
+
+def _heart():
+    t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    x = 16 * np.sin(t) ** 3
+    y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+    return np.stack([x, y + 2.5], 1) / 16.5
+
+
+# Each shape: list of (polygon in unit coordinates, fill 255 = add / 0 = cut out).
+SHAPES = {
+    "disc": [(_circle(), 255)],
+    "ring": [(_circle(), 255), (_circle(radius=0.58), 0)],
+    "triangle": [(_regular(3), 255)],
+    "square": [(_regular(4, np.pi / 4) * 0.95, 255)],
+    "star": [(_star(), 255)],
+    "cross": [(np.array([[-.3, -1], [.3, -1], [.3, -.3], [1, -.3], [1, .3], [.3, .3], [.3, 1], [-.3, 1],
+                         [-.3, .3], [-1, .3], [-1, -.3], [-.3, -.3]]), 255)],
+    "crescent": [(_circle(), 255), (_circle(radius=0.82, cx=0.45, cy=-0.1), 0)],
+    "arrow": [(np.array([[-1, -.22], [.15, -.22], [.15, -.6], [1, 0], [.15, .6], [.15, .22], [-1, .22]]), 255)],
+    "heart": [(_heart(), 255)],
+    "hourglass": [(np.array([[-.7, -1], [.7, -1], [.1, 0], [.7, 1], [-.7, 1], [-.1, 0]]), 255)],
+}
+
+
+def _colour(rng, avoid=None, min_dist=110.0):
+    for _ in range(50):
+        c = rng.integers(0, 256, 3)
+        if avoid is None or np.linalg.norm(c - avoid) >= min_dist:
+            return c
+    return 255 - np.asarray(avoid)  # the complement is always far enough
+
+
+def _background(rng, w, h):
+    c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    angle = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:h, 0:w]
+    t = (np.cos(angle) * xx / w + np.sin(angle) * yy / h)
+    t = (t - t.min()) / max(1e-6, t.max() - t.min())
+    img = c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]
+    img += rng.normal(0, 10, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)), (c0 + c1) / 2
+
+
+def _clutter(draw, rng, w, h, n):
+    short = min(w, h)
+    for _ in range(n):
+        kind = rng.integers(3)
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        x, y = rng.uniform(0, w), rng.uniform(0, h)
+        if kind == 0:  # stroke
+            length, a = rng.uniform(0.1, 0.5) * short, rng.uniform(0, np.pi)
+            draw.line([(x, y), (x + length * np.cos(a), y + length * np.sin(a))], fill=colour,
+                      width=int(rng.integers(1, 4)))
+        elif kind == 1:  # arc
+            r = rng.uniform(0.05, 0.2) * short
+            start = rng.uniform(0, 360)
+            draw.arc([x - r, y - r, x + r, y + r], start, start + rng.uniform(40, 160), fill=colour,
+                     width=int(rng.integers(1, 3)))
+        else:  # small blob
+            rx, ry = rng.uniform(0.01, 0.05, 2) * short
+            draw.ellipse([x - rx, y - ry, x + rx, y + ry], fill=colour)
+
+
+def render_demo_image(rng: np.random.Generator, shape: str, min_short: int = 72, max_short: int = 128):
+    """One image of ``shape``; returns (PIL image, bounding box x0, y0, x1, y1)."""
+    short = int(rng.integers(min_short, max_short + 1))
+    long = int(short * math.exp(rng.uniform(0.0, math.log(1.7))))
+    w, h = (long, short) if rng.random() < 0.6 else (short, long)
+    img, bg_mean = _background(rng, w, h)
+    _clutter(ImageDraw.Draw(img), rng, w, h, int(rng.integers(8, 22)))
+
+    # Object: radius log-uniform in [0.1, 0.44] of the shorter side (4.4x), near the centre,
+    # rotated and mildly stretched.
+    r = short * math.exp(rng.uniform(math.log(0.10), math.log(0.44)))
+    cx = w / 2 + rng.uniform(-0.15, 0.15) * short
+    cy = h / 2 + rng.uniform(-0.15, 0.15) * short
+    a = rng.uniform(0, 2 * np.pi)
+    stretch = np.diag(rng.uniform(0.85, 1.15, 2))
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    s = SUPERSAMPLE
+    mask = Image.new("L", (w * s, h * s), 0)
+    md = ImageDraw.Draw(mask)
+    pts_all = []
+    for poly, fill in SHAPES[shape]:
+        pts = (poly @ stretch.T @ rot.T) * r + np.array([cx, cy])
+        if fill:
+            pts_all.append(pts)
+        md.polygon([(float(x) * s, float(y) * s) for x, y in pts], fill=fill)
+    mask = mask.resize((w, h), Image.Resampling.BOX)
+    colour = _colour(rng, bg_mean)
+    fg = np.clip(colour[None, None] + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+    img = Image.composite(Image.fromarray(fg), img, mask)
+    # A stroke or two over the object: partial occlusion, as in real photos.
+    _clutter(ImageDraw.Draw(img), rng, w, h, int(rng.integers(0, 3)))
+    pts = np.concatenate(pts_all)
+    box = (max(0, int(pts[:, 0].min())), max(0, int(pts[:, 1].min())),
+           min(w - 1, int(pts[:, 0].max())), min(h - 1, int(pts[:, 1].max())))
+    return img, box
+
+
+def make_demo_dataset(out_dir, seed: int = 0, train_per_class: int = 240, val_per_class: int = 60,
+                      min_short: int = 72, max_short: int = 128, quality: int = 90, progress: bool = True) -> dict:
+    """Write the demo dataset to ``out_dir`` (see module doc); returns counts and paths."""
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    (out / "val").mkdir(parents=True, exist_ok=True)
+    n_classes = len(DEMO_CLASSES)
+    total = n_classes * (train_per_class + val_per_class)
+    bar = tqdm(total=total, desc="demo images", unit="img", disable=not progress)
+    for c, (wnid, name) in enumerate(DEMO_CLASSES):
+        d = out / "train" / wnid
+        d.mkdir(parents=True, exist_ok=True)
+        for k in range(train_per_class):
+            img, _ = render_demo_image(np.random.default_rng([seed, 0, c, k]), name, min_short, max_short)
+            img.save(d / f"{wnid}_{k}.JPEG", quality=quality)
+            bar.update()
+    # Validation: classes balanced, order shuffled by the seed, as ILSVRC2012_val_*.
+    labels = np.random.default_rng([seed, 1]).permutation(np.repeat(np.arange(n_classes), val_per_class))
+    rows = []
+    for k, c in enumerate(labels, 1):
+        wnid, name = DEMO_CLASSES[c]
+        img, box = render_demo_image(np.random.default_rng([seed, 2, k]), name, min_short, max_short)
+        image_id = f"ILSVRC2012_val_{k:08d}"
+        img.save(out / "val" / f"{image_id}.JPEG", quality=quality)
+        rows.append(f"{image_id},{wnid} {box[0]} {box[1]} {box[2]} {box[3]}")
+        bar.update()
+    bar.close()
+    (out / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "\n".join(rows) + "\n")
+    (out / "LOC_synset_mapping.txt").write_text("".join(f"{w} {n}\n" for w, n in DEMO_CLASSES))
+    return {"root": str(out), "classes": n_classes, "train": n_classes * train_per_class,
+            "val": len(labels)}

@@ -1,0 +1,291 @@
+"""Training and evaluation loaders.
+
+Exact resume and reproducibility: the epoch's permutation is a function of (seed, epoch)
+only, and every random choice for a sample (S, crop, flip, colour alphas, replacement of a
+bad file) is drawn from a generator seeded by (seed, epoch, sample index, retry) only. A batch
+is therefore the same whichever worker builds it and whenever it is built, so
+``start_batch=k`` gives batches k, k+1, ... of the uninterrupted epoch, bit for bit, and the
+``world_size`` ranks' batches together are the single-process batch of world_size x batch_size.
+
+Each loader item is a whole batch built in one worker (decode, crop, flip, then one vectorised
+normalisation over the batch), so workers, pinned memory, persistent workers and prefetching
+are those of ``torch.utils.data.DataLoader``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from verydeep.data.config import DataConfig
+from verydeep.data.decode import image_size
+from verydeep.data.errors import BadImageError, DataError
+from verydeep.data.index_cache import default_cache_dir
+from verydeep.data.transforms import eval_geometry, load_eval_image, normalization, to_normalized_batch, train_sample
+
+log = logging.getLogger(__name__)
+
+_PERMUTATION_TAG = 0x5045524D  # keeps the permutation's stream apart from the samples'
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch, _PERMUTATION_TAG]).permutation(n)
+
+
+def sample_rng(seed: int, epoch: int, index: int, retry: int = 0) -> np.random.Generator:
+    """The generator of every random choice for sample ``index`` in ``epoch`` (try ``retry``)."""
+    return np.random.default_rng([seed, epoch, index, retry])
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class TrainBatches(Dataset):
+    """Batch ``b`` of ``epoch`` for one rank, as item ``(epoch, b)``."""
+
+    def __init__(self, cfg: DataConfig, samples: Sequence[tuple[str, int]], batch_size: int, seed: int,
+                 rank: int, world_size: int):
+        self.cfg, self.samples, self.batch_size = cfg, samples, batch_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.mean, self.std = normalization(cfg)
+        self._perm_epoch, self._perm = None, None
+
+    def __len__(self) -> int:
+        return len(self.samples) // (self.batch_size * self.world_size)
+
+    def indices(self, epoch: int, b: int) -> np.ndarray:
+        """Sample indices of batch ``b``: rank r's slice of global batch b of the permutation."""
+        if self._perm_epoch != epoch:
+            self._perm, self._perm_epoch = epoch_permutation(self.seed, epoch, len(self.samples)), epoch
+        start = (b * self.world_size + self.rank) * self.batch_size
+        return self._perm[start:start + self.batch_size]
+
+    def load(self, epoch: int, index: int, bad: list[str]):
+        """One sample with its augmentation; an undecodable file is replaced by a random one
+        (drawn from the same seeded stream), its path appended to ``bad``."""
+        idx = int(index)
+        for retry in range(self.cfg.max_bad_retries + 1):
+            rng = sample_rng(self.seed, epoch, int(index), retry)
+            if retry:
+                idx = int(rng.integers(len(self.samples)))
+            path, label = self.samples[idx]
+            try:
+                image, shift, _ = train_sample(path, self.cfg, rng)
+                return image, shift, label
+            except BadImageError:
+                bad.append(str(path))
+        raise DataError(f"{len(bad)} unreadable images in a row while loading sample {index} "
+                        f"(last: {bad[-1]}); is the dataset readable? (data.max_bad_retries={self.cfg.max_bad_retries})")
+
+    def __getitem__(self, item):
+        epoch, b = item
+        bad: list[str] = []
+        crop = self.cfg.crop_size
+        idx = self.indices(epoch, b)
+        images = np.empty((len(idx), crop, crop, 3), dtype=np.uint8)
+        shifts = np.empty((len(idx), 3), dtype=np.float32)
+        labels = torch.empty(len(idx), dtype=torch.int64)
+        for j, i in enumerate(idx):
+            images[j], shifts[j], labels[j] = self.load(epoch, i, bad)
+        return to_normalized_batch(images, shifts, self.mean, self.std), labels, bad
+
+
+class _BatchSampler(Sampler):
+    """Yields ``(epoch, b)`` for b from ``start``; mutable so persistent workers can be reused."""
+
+    def __init__(self, num_batches: int):
+        self.num_batches, self.epoch, self.start = num_batches, 0, 0
+
+    def __iter__(self):
+        return iter([(self.epoch, b) for b in range(self.start, self.num_batches)])
+
+    def __len__(self) -> int:
+        return max(0, self.num_batches - self.start)
+
+
+class TrainLoader:
+    """Iterable over ``(images, labels, bad)`` batches of one epoch from ``start_batch``;
+    ``len()`` is the number of batches it yields (batches_per_epoch - start_batch)."""
+
+    def __init__(self, dataset: TrainBatches, epoch: int, start_batch: int, loader: DataLoader | None,
+                 sampler: _BatchSampler | None):
+        self.dataset, self.epoch, self.start_batch = dataset, epoch, start_batch
+        self.batches_per_epoch = len(dataset)
+        self._loader, self._sampler = loader, sampler
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch - self.start_batch)
+
+    def __iter__(self):
+        if self._loader is None:
+            for b in range(self.start_batch, self.batches_per_epoch):
+                yield self.dataset[(self.epoch, b)]
+            return
+        self._sampler.epoch, self._sampler.start = self.epoch, self.start_batch
+        yield from self._loader
+
+
+_persistent: dict = {}  # one live DataLoader whose workers survive from epoch to epoch
+
+
+def _dataloader(dataset, sampler, cfg: DataConfig, device_type: str, persistent: bool) -> DataLoader:
+    kwargs = {}
+    if cfg.workers > 0:
+        kwargs = {"prefetch_factor": cfg.prefetch_factor, "persistent_workers": persistent}
+    return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=cfg.workers,
+                      pin_memory=cfg.pin_memory and device_type == "cuda", **kwargs)
+
+
+def build_train_loader(cfg: DataConfig, samples: Sequence[tuple[str, int]], batch_size: int, *, seed: int,
+                       epoch: int, start_batch: int = 0, rank: int = 0, world_size: int = 1,
+                       device_type: str = "cpu") -> TrainLoader:
+    """Batches of ``(images float32 [B, 3, crop, crop] normalised, labels int64 [B], bad paths)``
+    for ``epoch``, starting at batch ``start_batch``. ``batch_size`` is per process; the last
+    incomplete global batch is dropped so every rank has the same number of batches."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world_size {world_size}")
+    if not samples:
+        raise DataError("no training samples")
+    dataset = TrainBatches(cfg, samples, batch_size, seed, rank, world_size)
+    if not 0 <= start_batch <= len(dataset):
+        raise ValueError(f"start_batch {start_batch} outside the epoch's {len(dataset)} batches")
+    if cfg.workers == 0:
+        return TrainLoader(dataset, epoch, start_batch, None, None)
+    if cfg.persistent_workers:
+        key = (id(samples), len(samples), repr(cfg), batch_size, seed, rank, world_size, device_type)
+        if _persistent.get("key") == key:
+            return TrainLoader(_persistent["dataset"], epoch, start_batch, _persistent["loader"], _persistent["sampler"])
+        _persistent.clear()  # the previous loader's workers exit when it is collected
+        sampler = _BatchSampler(len(dataset))
+        loader = _dataloader(dataset, sampler, cfg, device_type, persistent=True)
+        _persistent.update(key=key, dataset=dataset, loader=loader, sampler=sampler, samples=samples)
+        return TrainLoader(dataset, epoch, start_batch, loader, sampler)
+    sampler = _BatchSampler(len(dataset))
+    return TrainLoader(dataset, epoch, start_batch, _dataloader(dataset, sampler, cfg, device_type, False), sampler)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def image_sizes(paths: Sequence[str], cache_dir=None, progress: bool = True) -> list[tuple[int, int] | None]:
+    """(width, height) of each image from its header (None if unreadable), cached on disk."""
+    from tqdm import tqdm
+
+    dirs = sorted({os.path.dirname(p) for p in paths})
+    stamp = [os.stat(d).st_mtime_ns if os.path.isdir(d) else 0 for d in dirs]
+    key = hashlib.sha1(("\n".join(paths) + json.dumps(stamp)).encode()).hexdigest()[:20]
+    cache_file = Path(cache_dir or default_cache_dir()) / f"sizes-{key}.json"
+    try:
+        sizes = json.loads(cache_file.read_text())
+        if len(sizes) == len(paths):
+            return [tuple(s) if s else None for s in sizes]
+    except (OSError, ValueError):
+        pass
+    it = tqdm(paths, desc="reading image sizes", unit="img", disable=not progress or len(paths) < 2000, leave=False)
+    sizes = [image_size(p) for p in it]
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(sizes))
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass
+    return sizes
+
+
+class EvalBatches(Dataset):
+    """Item k: (images, labels, indices, bad) of the k-th planned batch."""
+
+    def __init__(self, cfg: DataConfig, samples, batches: list[list[int]], scale: int, crop: int | None):
+        self.cfg, self.samples, self.batches, self.scale, self.crop = cfg, samples, batches, scale, crop
+        self.mean, self.std = normalization(cfg)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k):
+        arrays, labels, indices, bad = [], [], [], []
+        for i in self.batches[k]:
+            path, label = self.samples[i]
+            try:
+                arr = load_eval_image(path, self.scale, self.crop, self.cfg.draft)
+            except BadImageError:
+                bad.append((i, str(path)))
+                continue
+            if arrays and arr.shape != arrays[0].shape:  # header size lied (e.g. EXIF-free rotate)
+                bad.append((i, str(path)))
+                log.warning("%s: decoded size differs from its header; counted as unreadable", path)
+                continue
+            arrays.append(arr)
+            labels.append(label)
+            indices.append(i)
+        if arrays:
+            images = to_normalized_batch(np.stack(arrays), np.zeros((len(arrays), 3), np.float32), self.mean, self.std)
+        else:
+            images = torch.empty((0, 3, self.crop or 0, self.crop or 0), dtype=torch.float32)
+        return images, torch.tensor(labels, dtype=torch.int64), torch.tensor(indices, dtype=torch.int64), bad
+
+
+class EvalLoader:
+    def __init__(self, dataset: EvalBatches, loader: DataLoader | None):
+        self.dataset, self._loader = dataset, loader
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self):
+        if self._loader is None:
+            for k in range(len(self.dataset)):
+                yield self.dataset[k]
+        else:
+            yield from self._loader
+
+
+def plan_eval_batches(cfg: DataConfig, samples, batch_size: int, scale: int, crop: int | None,
+                      rank: int = 0, world_size: int = 1) -> list[list[int]]:
+    """This rank's sample indices (every ``world_size``-th from ``rank``: each image exactly
+    once over the ranks) in batches; for whole images (``crop=None``) grouped by rescaled size
+    so a batch needs no padding."""
+    shard = list(range(rank, len(samples), world_size))
+    if crop is not None:
+        return [shard[i:i + batch_size] for i in range(0, len(shard), batch_size)]
+    sizes = image_sizes([samples[i][0] for i in shard], cfg.index_cache)
+    groups: dict = defaultdict(list)
+    for i, size in zip(shard, sizes):
+        groups[eval_geometry(*size, scale, None)[0] if size else (0, 0)].append(i)
+    batches = []
+    for key in sorted(groups):
+        g = groups[key]
+        batches.extend(g[j:j + batch_size] for j in range(0, len(g), batch_size))
+    return batches
+
+
+def build_eval_loader(cfg: DataConfig, samples: Sequence[tuple[str, int]], batch_size: int, *, scale: int,
+                      crop: int | None, rank: int = 0, world_size: int = 1) -> EvalLoader:
+    """Batches of ``(images, labels, indices, bad)`` at test scale Q=``scale``: centre
+    ``crop`` x ``crop`` crops, or (``crop=None``) whole rescaled images batched by equal size.
+    ``indices`` index ``samples``; ``bad`` lists ``(index, path)`` of undecodable images."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world_size {world_size}")
+    if crop is not None and crop > scale:
+        raise ValueError(f"crop {crop} is larger than the test scale Q={scale}")
+    batches = plan_eval_batches(cfg, samples, batch_size, scale, crop, rank, world_size)
+    dataset = EvalBatches(cfg, samples, batches, scale, crop)
+    if cfg.workers == 0 or not batches:
+        return EvalLoader(dataset, None)
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=min(cfg.workers, len(batches)),
+                        prefetch_factor=cfg.prefetch_factor, pin_memory=False)
+    return EvalLoader(dataset, loader)

@@ -348,10 +348,11 @@ class PipelineParallel(ParallelStrategy):
         self.stage_module.load_state_dict({k: sd[k] for k in own})
 
     def _grad_sq_sums(self):
-        grads = [p.grad.float().pow(2).sum() for p in self.stage_module.parameters() if p.grad is not None]
-        mine = torch.stack(grads).sum() if grads else torch.zeros((), device=self.device)
+        grads = [p.grad.double().pow(2).sum() for p in self.stage_module.parameters() if p.grad is not None]
+        zero = torch.zeros((), device=self.device, dtype=torch.float64)
+        mine = torch.stack(grads).sum() if grads else zero
         # dp replicas hold the same averaged grads: only pipeline 0 contributes to the world sum.
-        return torch.zeros((), device=self.device), mine if self.dp_index == 0 else torch.zeros_like(mine)
+        return zero, mine if self.dp_index == 0 else zero.clone()
 
     def describe(self):
         head = (f"pipeline parallel: {self.stages} stages x {self.dp} data-parallel replica(s) "

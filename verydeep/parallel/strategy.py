@@ -231,11 +231,12 @@ class DataParallel(ParallelStrategy):
 
     def _grad_sq_sums(self):
         # Grads are already identical on every rank after DDP: count them once.
-        grads = [p.grad.float().pow(2).sum() for p in self.model.parameters() if p.grad is not None]
-        once = torch.stack(grads).sum() if grads else torch.zeros((), device=self.device)
-        shared = torch.zeros((), device=self.device)
-        if self.dist.world_size > 1:  # all-reduced below: contribute from rank 0 only
-            once, shared = shared, once if self.dist.is_main else torch.zeros((), device=self.device)
+        grads = [p.grad.double().pow(2).sum() for p in self.model.parameters() if p.grad is not None]
+        zero = torch.zeros((), device=self.device, dtype=torch.float64)
+        once = torch.stack(grads).sum() if grads else zero
+        if self.dist.world_size > 1:  # all-reduced by the caller: contribute from rank 0 only
+            return zero, once if self.dist.is_main else zero.clone()
+        return once, zero
         return once, shared
 
     def describe(self):

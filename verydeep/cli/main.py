@@ -12,6 +12,7 @@ COMMANDS = (
     "verydeep.cli.models",
     "verydeep.cli.train",
     "verydeep.cli.evaluate",
+    "verydeep.cli.bench",
 )
 
 

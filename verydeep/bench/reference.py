@@ -1,0 +1,72 @@
+"""The reference the benchmarks compare with: the standard PyTorch recipe a user would write.
+
+- Model: torchvision's VGG class (``torchvision.models.vgg16`` at full width); at a reduced
+  width the same class over ``make_layers`` of the narrowed configuration, with a classifier
+  of the same narrowed sizes as ours, so both sides do the same arithmetic.
+- Loop: a plain AMP training step in the style of pytorch/examples' ImageNet script:
+  NCHW tensors, default cuDNN settings, ``torch.optim.SGD`` with its defaults, the loss read
+  back with ``.item()`` every step for the running average.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from verydeep.models.registry import resolve
+
+# torchvision builds A, B, D, E; C (1x1 convs) and A-LRN are ours alone.
+TORCHVISION_CONFIGS = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
+
+
+def reference_model(name: str = "vgg16", *, num_classes: int = 1000, width: float = 1.0,
+                    head_size: int = 7, fc_features: int | None = None, dropout: float = 0.5,
+                    batch_norm: bool | None = None) -> nn.Module:
+    from torchvision.models import vgg as tv
+
+    config, bn = resolve(name)
+    bn = bn if batch_norm is None else batch_norm
+    if config not in TORCHVISION_CONFIGS:
+        raise ValueError(f"torchvision has no VGG configuration {config!r} to compare with; "
+                         f"use one of {', '.join(TORCHVISION_CONFIGS.values())}")
+    hidden = fc_features if fc_features is not None else max(1, int(round(4096 * width)))
+    if width == 1.0 and head_size == 7 and hidden == 4096:
+        builder = getattr(tv, TORCHVISION_CONFIGS[config] + ("_bn" if bn else ""))
+        return builder(weights=None, num_classes=num_classes, dropout=dropout)
+    cfg = [v if v == "M" else max(1, int(round(v * width))) for v in tv.cfgs[config]]
+    model = tv.VGG(tv.make_layers(cfg, batch_norm=bn), num_classes=num_classes, init_weights=True,
+                   dropout=dropout)
+    channels = cfg[-2]
+    model.avgpool = nn.AdaptiveAvgPool2d((head_size, head_size))
+    model.classifier = nn.Sequential(
+        nn.Linear(channels * head_size * head_size, hidden), nn.ReLU(True), nn.Dropout(p=dropout),
+        nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(p=dropout),
+        nn.Linear(hidden, num_classes),
+    )
+    return model
+
+
+def reference_optimizer(model: nn.Module, lr: float = 0.01) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+
+
+class ReferenceStep:
+    """One training step of the plain loop; ``losses`` is the running sum it logs."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, amp_dtype: torch.dtype | None,
+                 device: torch.device) -> None:
+        self.model, self.optimizer, self.amp_dtype, self.device = model, optimizer, amp_dtype, device
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+        self.loss_sum = 0.0
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            loss = F.cross_entropy(self.model(images), labels)
+        self.optimizer.zero_grad()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.loss_sum += loss.item()

@@ -1,0 +1,232 @@
+"""``verydeep bench``: training, end-to-end, evaluation and data-pipeline throughput, ours vs reference.
+
+Small defaults (a narrow VGG16 on small images) so each finishes quickly on a CPU;
+``--preset paper`` is VGG16 at 224 with batch 256, the setting of ``bench/gpu.sh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=("small", "paper"), default="small",
+                   help="small: narrow net, small images (CPU check); paper: VGG16 at 224, batch 256")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--steps", type=int, help="timed steps per window")
+    p.add_argument("--warmup", type=int, help="untimed steps before timing")
+    p.add_argument("--repeats", type=int, help="timed windows; the figure is their median")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (0: torch's default). One thread keeps CPU timings steady "
+                        "when other processes share the cores")
+    p.add_argument("--no-peak", action="store_true", help="skip the matmul-peak measurement")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--markdown", metavar="PATH", help="also write the table as markdown")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="registry name (vgg11, vgg13, vgg16, vgg19; default vgg16)")
+    p.add_argument("--width", type=float, help="channel width multiplier (small preset: 1/16)")
+    p.add_argument("--batch-size", type=int)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure training / evaluation / data throughput against the reference")
+    bsub = p.add_subparsers(dest="bench_command", metavar="BENCH")
+
+    t = bsub.add_parser("train", help="training step on synthetic tensors: ours vs torchvision + a plain loop")
+    _common(t)
+    _model_args(t)
+    t.add_argument("--image-size", type=int)
+    t.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), help="auto: bf16 on CUDA, none on CPU")
+    t.add_argument("--accum", type=int, help="micro-batches per step")
+    t.add_argument("--variants", help="comma-separated: reference, ours, ours+compile, ours+fused, "
+                                      "ours+nosync, ours+slices, ours+graphs, ... (default reference,ours)")
+    t.add_argument("--compile", action="store_true", help="add the ours+compile variant")
+    t.set_defaults(func=run_train)
+
+    e = bsub.add_parser("eval", help="center / dense / multi-crop evaluation images/s at several Q")
+    _common(e)
+    _model_args(e)
+    e.add_argument("--crop-size", type=int, help="training crop (224 for the paper's nets)")
+    e.add_argument("--scales", help="test scales Q, comma-separated (paper preset: 256,384,512)")
+    e.add_argument("--protocols", help="comma-separated among center, dense, multicrop")
+    e.add_argument("--max-crops", type=int, help="multi-crop: crops per forward pass")
+    e.add_argument("--no-reference", action="store_true")
+    e.set_defaults(func=run_eval)
+
+    x = bsub.add_parser("e2e", help="end-to-end training from JPEG files: our loader + loop vs "
+                                    "ImageFolder + PIL transforms + DataLoader + plain loop")
+    _common(x)
+    _model_args(x)
+    x.add_argument("--images", type=int, help="JPEG files to generate (ImageNet-sized, ~500x375)")
+    x.add_argument("--classes", type=int, help="class folders")
+    x.add_argument("--data-dir", help="where the JPEGs live (made if missing; default: a temporary folder)")
+    x.add_argument("--workers", type=int, help="loader worker processes (both sides)")
+    x.add_argument("--crop-size", type=int)
+    x.add_argument("--scale-min", type=int, help="scale jittering S range (paper: 256)")
+    x.add_argument("--scale-max", type=int, help="(paper: 512)")
+    x.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"))
+    x.add_argument("--variants", help="comma-separated: reference, ours (default both)")
+    x.set_defaults(func=run_e2e)
+
+    d = bsub.add_parser("data", help="data pipeline alone: images/s per worker, ours vs torchvision")
+    _common(d)
+    d.add_argument("--images", type=int, help="JPEG files to generate")
+    d.add_argument("--workers", type=int, help="loader worker processes")
+    d.add_argument("--data-dir", help="where the JPEGs live (made if missing)")
+    d.set_defaults(func=run_data)
+
+    a = bsub.add_parser("all", help="train, eval, e2e and data in one run, one table")
+    _common(a)
+    a.add_argument("--skip", default="", help="comma-separated benches to leave out (train,eval,e2e,data)")
+    a.set_defaults(func=run_all)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+# --- running ----------------------------------------------------------------------------------
+
+def _overrides(args, mapping: dict[str, str]) -> dict:
+    """Config fields given on the command line (``None`` means: keep the preset's)."""
+    out = {}
+    for arg, field in mapping.items():
+        value = getattr(args, arg, None)
+        if value is not None:
+            out[field] = value
+    return out
+
+
+_RUN_ARGS = {"device": "device", "steps": "steps", "warmup": "warmup", "repeats": "repeats"}
+
+
+def _config(cls, args, extra: dict[str, str]):
+    fields = _overrides(args, {**_RUN_ARGS, **extra})
+    if args.preset == "paper":
+        fields.setdefault("device", "cuda")
+        return cls.for_gpu(**fields)
+    return dataclasses.replace(cls(), **fields)
+
+
+def train_config(args):
+    from verydeep.bench.train_step import TrainBenchConfig
+
+    cfg = _config(TrainBenchConfig, args, {"model": "model", "width": "width", "batch_size": "batch_size",
+                                           "image_size": "image_size", "amp": "amp", "accum": "accum",
+                                           "variants": "variants"})
+    if getattr(args, "compile", False) and "ours+compile" not in cfg.variants.split(","):
+        cfg = dataclasses.replace(cfg, variants=cfg.variants + ",ours+compile")
+    return cfg
+
+
+def eval_config(args):
+    from verydeep.bench.evaluation import EvalBenchConfig
+
+    cfg = _config(EvalBenchConfig, args, {"model": "model", "width": "width", "batch_size": "batch_size",
+                                          "crop_size": "crop_size", "scales": "scales",
+                                          "protocols": "protocols", "max_crops": "max_crops"})
+    if getattr(args, "no_reference", False):
+        cfg = dataclasses.replace(cfg, reference=False)
+    return cfg
+
+
+def e2e_config(args):
+    from verydeep.bench.end_to_end import E2EBenchConfig
+
+    return _config(E2EBenchConfig, args, {"model": "model", "width": "width", "batch_size": "batch_size",
+                                          "images": "images", "classes": "classes", "data_dir": "data_dir",
+                                          "workers": "workers", "crop_size": "crop_size",
+                                          "scale_min": "scale_min", "scale_max": "scale_max", "amp": "amp",
+                                          "variants": "variants"})
+
+
+def _setup(args):
+    import torch
+
+    from verydeep.bench.common import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device or ("cuda" if args.preset == "paper" else None))
+    return device
+
+
+def _finish(args, device, results, configs: dict) -> int:
+    from verydeep.bench.common import machine_info
+    from verydeep.bench.peak import matmul_peak
+    from verydeep.bench.report import attach_ratios, format_table, write_json
+
+    peak = None if args.no_peak else matmul_peak(device)
+    attach_ratios(results, peak["tflops"] if peak else None)
+    machine = machine_info(device)
+    table = format_table(results, peak=peak, machine=machine)
+    print(table, end="")
+    if args.markdown:
+        from pathlib import Path
+
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(table)
+    if args.json:
+        cfgs = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in configs.items()}
+        write_json(args.json, results, peak=peak, machine=machine, config={**cfgs, "argv": sys.argv[1:]})
+    return 0
+
+
+def run_train(args) -> int:
+    from verydeep.bench.train_step import run_train_bench
+
+    device = _setup(args)
+    cfg = train_config(args)
+    return _finish(args, device, run_train_bench(cfg), {"train": cfg})
+
+
+def run_eval(args) -> int:
+    from verydeep.bench.evaluation import run_eval_bench
+
+    device = _setup(args)
+    cfg = eval_config(args)
+    return _finish(args, device, run_eval_bench(cfg), {"eval": cfg})
+
+
+def run_e2e(args) -> int:
+    from verydeep.bench.end_to_end import run_e2e_bench
+
+    device = _setup(args)
+    cfg = e2e_config(args)
+    return _finish(args, device, run_e2e_bench(cfg), {"e2e": cfg})
+
+
+def _data_results(args, device):
+    """The data engineer's pipeline bench, its rows turned into our result rows."""
+    from verydeep.bench.data_pipeline import run_data_pipeline_bench
+
+    kwargs = _overrides(args, {"images": "images", "workers": "workers", "data_dir": "data_dir"})
+    return run_data_pipeline_bench(**kwargs)
+
+
+def run_data(args) -> int:
+    device = _setup(args)
+    return _finish(args, device, _data_results(args, device), {"data": vars(args).get("images")})
+
+
+def run_all(args) -> int:
+    from verydeep.bench.end_to_end import run_e2e_bench
+    from verydeep.bench.evaluation import run_eval_bench
+    from verydeep.bench.train_step import run_train_bench
+
+    device = _setup(args)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    results, configs = [], {}
+    if "train" not in skip:
+        configs["train"] = train_config(args)
+        results += run_train_bench(configs["train"])
+    if "e2e" not in skip:
+        configs["e2e"] = e2e_config(args)
+        results += run_e2e_bench(configs["e2e"])
+    if "eval" not in skip:
+        configs["eval"] = eval_config(args)
+        results += run_eval_bench(configs["eval"])
+    if "data" not in skip:
+        results += _data_results(args, device)
+    return _finish(args, device, results, configs)

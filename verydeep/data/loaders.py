@@ -134,6 +134,11 @@ class TrainLoader:
         yield from self._loader
 
 
+def _as_is(item):
+    # Batches are built whole in the workers; keep them exactly as built (tuples stay tuples).
+    return item
+
+
 _persistent: dict = {}  # one live DataLoader whose workers survive from epoch to epoch
 
 
@@ -141,7 +146,7 @@ def _dataloader(dataset, sampler, cfg: DataConfig, device_type: str, persistent:
     kwargs = {}
     if cfg.workers > 0:
         kwargs = {"prefetch_factor": cfg.prefetch_factor, "persistent_workers": persistent}
-    return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=cfg.workers,
+    return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=cfg.workers, collate_fn=_as_is,
                       pin_memory=cfg.pin_memory and device_type == "cuda", **kwargs)
 
 
@@ -287,5 +292,6 @@ def build_eval_loader(cfg: DataConfig, samples: Sequence[tuple[str, int]], batch
     if cfg.workers == 0 or not batches:
         return EvalLoader(dataset, None)
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=min(cfg.workers, len(batches)),
+                        collate_fn=_as_is,
                         prefetch_factor=cfg.prefetch_factor, pin_memory=False)
     return EvalLoader(dataset, loader)

@@ -221,7 +221,7 @@ def eval_transform(cfg: DataConfig, scale: int | None = None, crop: int | None |
         img = item if isinstance(item, Image.Image) else load_image(item, scale if cfg.draft else None)
         if img.mode != "RGB":
             img = img.convert("RGB")
-        arr = np.asarray(eval_resize(img, scale, crop))[None]
+        arr = np.array(eval_resize(img, scale, crop))[None]
         return to_normalized_batch(arr, np.zeros((1, 3), np.float32), mean, std)[0]
 
     return transform

@@ -1,0 +1,90 @@
+"""`verydeep data stats`: the training set's mean RGB and colour PCA (Krizhevsky et al. 2012).
+
+The paper subtracts the mean RGB of the training set and shifts colours along the principal
+components of its RGB pixels. Both are estimated here from a seeded sample of training images,
+each rescaled to a small shorter side first (colour statistics do not depend on resolution,
+and decoding at 1/8 size is fast). Units: pixels in [0, 1]. ``pca_eigval`` are the
+eigenvalues of the 3x3 covariance, largest first; the columns of ``pca_eigvec`` are the
+matching eigenvectors (the layout DataConfig expects).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from multiprocessing import get_context
+
+import numpy as np
+
+from verydeep.data.decode import load_image
+from verydeep.data.errors import BadImageError, DataError
+from verydeep.data.transforms import resized_size
+
+
+def _moments(args) -> tuple[np.ndarray, np.ndarray, int] | None:
+    path, short = args
+    try:
+        img = load_image(path, short)
+    except BadImageError:
+        return None
+    img = img.resize(resized_size(img.width, img.height, short))
+    x = np.asarray(img, dtype=np.float64).reshape(-1, 3) / 255.0
+    return x.sum(0), x.T @ x, len(x)
+
+
+def compute_stats(paths, num_images: int = 10000, seed: int = 0, short_side: int = 64, workers: int = 0,
+                  progress: bool = True) -> dict:
+    """Mean, std and PCA of the RGB pixels of ``num_images`` images drawn (seeded) from ``paths``."""
+    from tqdm import tqdm
+
+    paths = list(paths)
+    if not paths:
+        raise DataError("no images to compute statistics from")
+    rng = np.random.default_rng(seed)
+    chosen = [paths[i] for i in sorted(rng.choice(len(paths), size=min(num_images, len(paths)), replace=False))]
+    s, ss, n, used, bad = np.zeros(3), np.zeros((3, 3)), 0, 0, 0
+    jobs = [(p, short_side) for p in chosen]
+    bar = tqdm(total=len(jobs), desc="pixel statistics", unit="img", disable=not progress)
+    pool = get_context("fork" if os.name == "posix" else "spawn").Pool(workers) if workers > 0 else None
+    try:
+        results = pool.imap(_moments, jobs, chunksize=16) if pool else map(_moments, jobs)
+        for r in results:
+            bar.update()
+            if r is None:
+                bad += 1
+                continue
+            s += r[0]
+            ss += r[1]
+            n += r[2]
+            used += 1
+    finally:
+        bar.close()
+        if pool:
+            pool.close()
+    if n == 0:
+        raise DataError("none of the sampled images could be decoded")
+    mean = s / n
+    cov = ss / n - np.outer(mean, mean)
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1]
+    eigval, eigvec = eigval[order], eigvec[:, order]
+    eigvec = eigvec * np.where(eigvec.sum(0) < 0, -1.0, 1.0)  # a stable sign convention
+    return {
+        "mean": mean.tolist(),
+        "std": np.sqrt(np.diag(cov)).tolist(),
+        "pca_eigval": eigval.tolist(),
+        "pca_eigvec": eigvec.tolist(),
+        "images": used,
+        "unreadable": bad,
+        "pixels": int(n),
+        "short_side": short_side,
+        "seed": seed,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_stats(stats: dict, path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(stats, f, indent=2)
+        f.write("\n")

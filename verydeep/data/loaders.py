@@ -91,12 +91,14 @@ class TrainBatches(Dataset):
         bad: list[str] = []
         crop = self.cfg.crop_size
         idx = self.indices(epoch, b)
-        images = np.empty((len(idx), crop, crop, 3), dtype=np.uint8)
+        images = np.empty((len(idx), 3, crop, crop), dtype=np.uint8)
         shifts = np.empty((len(idx), 3), dtype=np.float32)
-        labels = torch.empty(len(idx), dtype=torch.int64)
+        labels = []
         for j, i in enumerate(idx):
-            images[j], shifts[j], labels[j] = self.load(epoch, i, bad)
-        return to_normalized_batch(images, shifts, self.mean, self.std), labels, bad
+            image, shifts[j], label = self.load(epoch, i, bad)
+            images[j] = image.transpose(2, 0, 1)
+            labels.append(label)
+        return to_normalized_batch(images, shifts, self.mean, self.std), torch.tensor(labels, dtype=torch.int64), bad
 
 
 class _BatchSampler(Sampler):
@@ -236,7 +238,7 @@ class EvalBatches(Dataset):
             labels.append(label)
             indices.append(i)
         if arrays:
-            images = to_normalized_batch(np.stack(arrays), np.zeros((len(arrays), 3), np.float32), self.mean, self.std)
+            images = to_normalized_batch(np.stack(arrays).transpose(0, 3, 1, 2), np.zeros((len(arrays), 3), np.float32), self.mean, self.std)
         else:
             images = torch.empty((0, 3, self.crop or 0, self.crop or 0), dtype=torch.float32)
         return images, torch.tensor(labels, dtype=torch.int64), torch.tensor(indices, dtype=torch.int64), bad

@@ -162,20 +162,19 @@ def train_sample(path, cfg: DataConfig, rng: np.random.Generator) -> tuple[np.nd
         box = random_resized_crop_box(rng, img.width, img.height, cfg.rrc_scale, cfg.rrc_ratio)
     flip = bool(rng.random() < 0.5) if cfg.flip else False
     alpha = rng.normal(0.0, cfg.colour_shift, 3) if cfg.colour_shift > 0 else np.zeros(3)
-    out = np.asarray(img.resize((crop, crop), RESAMPLE, box=_to_decoded(box, img)))
+    out = img.resize((crop, crop), RESAMPLE, box=_to_decoded(box, img))
     if flip:
-        out = out[:, ::-1]
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    out = np.asarray(out)
     eigval, eigvec = pca_basis(cfg)
     shift = colour_shift_rgb(alpha, eigval, eigvec) if cfg.colour_shift > 0 else np.zeros(3)
     return out, shift.astype(np.float32), CropParams(s, resized, offset, box, flip, alpha)
 
 
 def to_normalized_batch(images: np.ndarray, shifts: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, H, W, 3] + per-image RGB shifts [B, 3] -> float32 [B, 3, H, W]:
-    (x / 255 + shift - mean) / std, in one pass over the pixels."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2)
-    out = torch.empty(x.shape, dtype=torch.float32)
-    out.copy_(x)
+    """uint8 [B, 3, H, W] + per-image RGB shifts [B, 3] -> float32 [B, 3, H, W]:
+    (x / 255 + shift - mean) / std, as one conversion and one multiply-add over the batch."""
+    out = torch.from_numpy(np.ascontiguousarray(images)).float()
     scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1)
     offset = ((torch.from_numpy(np.ascontiguousarray(shifts, dtype=np.float32)) - mean) / std).view(-1, 3, 1, 1)
     return out.mul_(scale).add_(offset)
@@ -221,7 +220,7 @@ def eval_transform(cfg: DataConfig, scale: int | None = None, crop: int | None |
         img = item if isinstance(item, Image.Image) else load_image(item, scale if cfg.draft else None)
         if img.mode != "RGB":
             img = img.convert("RGB")
-        arr = np.array(eval_resize(img, scale, crop))[None]
+        arr = np.asarray(eval_resize(img, scale, crop)).transpose(2, 0, 1)[None]
         return to_normalized_batch(arr, np.zeros((1, 3), np.float32), mean, std)[0]
 
     return transform

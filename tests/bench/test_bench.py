@@ -90,3 +90,12 @@ def test_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 0
+
+
+def test_bench_e2e_reads_jpegs_through_both_pipelines(tmp_path, capsys):
+    report = _run(tmp_path, capsys, "e2e", "--images", "8", "--classes", "2", "--batch-size", "2",
+                  "--workers", "0", "--crop-size", "32", "--scale-min", "40", "--scale-max", "64",
+                  "--data-dir", str(tmp_path / "jpegs"), "--no-peak")
+    rows = {r["variant"]: r for r in report["results"]}
+    assert set(rows) == {"reference", "ours"} and rows["ours"]["ratio"] > 0
+    assert len(list((tmp_path / "jpegs" / "train").rglob("*.JPEG"))) == 8

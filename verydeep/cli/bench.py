@@ -74,8 +74,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     d = bsub.add_parser("data", help="data pipeline alone: images/s per worker, ours vs torchvision")
     _common(d)
-    d.add_argument("--images", type=int, help="JPEG files to generate")
-    d.add_argument("--workers", type=int, help="loader worker processes")
+    d.add_argument("--images", type=int, help="JPEG files to generate (default 400)")
+    d.add_argument("--batch-size", type=int)
     d.add_argument("--data-dir", help="where the JPEGs live (made if missing)")
     d.set_defaults(func=run_data)
 
@@ -198,16 +198,33 @@ def run_e2e(args) -> int:
 
 
 def _data_results(args, device):
-    """The data engineer's pipeline bench, its rows turned into our result rows."""
+    """The data-pipeline bench (``verydeep.bench.data_pipeline``), one row per pipeline.
+
+    It times each pipeline in this process with one thread, i.e. images/s per loader worker;
+    ``--repeats`` is its number of rounds (it keeps the best round).
+    """
+    from verydeep.bench.common import BenchResult, peak_memory_mb
     from verydeep.bench.data_pipeline import run_data_pipeline_bench
 
-    kwargs = _overrides(args, {"images": "images", "workers": "workers", "data_dir": "data_dir"})
-    return run_data_pipeline_bench(**kwargs)
+    kwargs = _overrides(args, {"images": "images", "batch_size": "batch_size", "data_dir": "data_dir",
+                               "repeats": "rounds"})
+    report = run_data_pipeline_bench(**kwargs)
+    batch = report["setup"]["batch_size"]
+    # Each of ours is compared with the reference doing the same kind of transform.
+    refs = {"ours_scale_jitter": "reference_scale_jitter", "ours_fixed_s256": "reference_scale_jitter",
+            "ours_random_resized_crop": "reference"}
+    rows = []
+    for name, ips in report["images_per_s_per_worker"].items():
+        rows.append(BenchResult(bench="data", variant=name, images_per_s=ips, ms_per_step=1000 * batch / ips,
+                                batch_size=batch, peak_memory_mb=peak_memory_mb(device),
+                                samples=report["rounds"][name], reference=refs.get(name),
+                                notes="images/s per worker (one process, one thread)"))
+    return rows
 
 
 def run_data(args) -> int:
     device = _setup(args)
-    return _finish(args, device, _data_results(args, device), {"data": vars(args).get("images")})
+    return _finish(args, device, _data_results(args, device), {"data": {"argv": sys.argv[1:]}})
 
 
 def run_all(args) -> int:

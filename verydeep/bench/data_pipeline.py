@@ -1,0 +1,183 @@
+"""Data-pipeline throughput, ours vs the standard torchvision pipeline, in one run.
+
+Per worker: every pipeline runs in this process with one thread (a loader worker is one
+process with one thread), so images/s here is images/s per worker; N workers scale it about
+N-fold while cores last. Pipelines, all ending in normalised float32 batches:
+
+* reference: torchvision ``ImageFolder`` + PIL decode + ``RandomResizedCrop(224)`` +
+  ``RandomHorizontalFlip`` + ``ToTensor`` + ``Normalize``, ``DataLoader`` batching;
+* reference_scale_jitter: the paper's transform written the usual torchvision way
+  (``Resize(S)`` with random S, ``RandomCrop(224)``, flip, ``ToTensor``, ``Normalize``);
+* ours_scale_jitter: our loader, S uniform in [256, 512], crop 224, flip, colour shift,
+  mean subtraction (the paper's full training transform);
+* ours_fixed_s256: the same at S = 256;
+* ours_random_resized_crop: our loader with the modern transform;
+* decode_only: PIL open + decode + RGB, for orientation.
+
+Pipelines alternate over ``rounds`` and the best round counts, so a neighbour's burst on a
+shared machine hurts all alike and the least disturbed figure is kept.
+
+    python -m verydeep.bench.data_pipeline --images 400 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import subprocess
+import tempfile
+import time
+from datetime import datetime, timezone
+
+import torch
+
+from verydeep.bench.jpeg_files import write_jpeg_files
+
+
+def _cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def _time_loader(loader, n_images: int) -> float:
+    t0 = time.perf_counter()
+    seen = 0
+    for batch in loader:
+        seen += len(batch[1])
+    dt = time.perf_counter() - t0
+    return seen / dt
+
+
+def _reference_loader(root: str, batch_size: int, jitter: tuple[int, int] | None, crop: int, seed: int):
+    from torchvision import datasets
+    from torchvision import transforms as T
+
+    norm = T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    if jitter is None:
+        tf = T.Compose([T.RandomResizedCrop(crop), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    else:
+        lo, hi = jitter
+        tf = T.Compose([T.Lambda(lambda img: T.functional.resize(img, random.randint(lo, hi))),
+                        T.RandomCrop(crop), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    torch.manual_seed(seed)
+    random.seed(seed)
+    ds = datasets.ImageFolder(root, transform=tf)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=0, drop_last=True)
+
+
+def _our_loader(samples, batch_size: int, seed: int, **cfg_kwargs):
+    from verydeep.data import DataConfig, build_train_loader
+
+    cfg = DataConfig(workers=0, **cfg_kwargs)
+    return build_train_loader(cfg, samples, batch_size, seed=seed, epoch=0)
+
+
+class _DecodeOnly:
+    def __init__(self, samples, batch_size):
+        self.samples, self.batch_size = samples, batch_size
+
+    def __iter__(self):
+        from PIL import Image
+
+        for i in range(0, len(self.samples) - self.batch_size + 1, self.batch_size):
+            for path, _ in self.samples[i:i + self.batch_size]:
+                with Image.open(path) as img:
+                    img.convert("RGB")
+            yield None, [0] * self.batch_size
+
+
+def run_data_pipeline_bench(images: int = 400, batch_size: int = 32, rounds: int = 3, scale_min: int = 256,
+                            scale_max: int = 512, crop: int = 224, seed: int = 0, data_dir: str | None = None,
+                            threads: int = 1) -> dict:
+    """Images/s per worker of each pipeline (see module doc) and the ratios ours / reference."""
+    torch.set_num_threads(threads)
+    tmp = None
+    if data_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="verydeep_bench_")
+        data_dir = tmp.name
+    try:
+        samples = write_jpeg_files(data_dir, n=images, seed=seed)
+        root = f"{data_dir}/train"
+        pipelines = {
+            "reference": lambda: _reference_loader(root, batch_size, None, crop, seed),
+            "reference_scale_jitter": lambda: _reference_loader(root, batch_size, (scale_min, scale_max), crop, seed),
+            "ours_scale_jitter": lambda: _our_loader(samples, batch_size, seed, scale_min=scale_min,
+                                                     scale_max=scale_max, crop_size=crop),
+            "ours_fixed_s256": lambda: _our_loader(samples, batch_size, seed, scale_min=256, scale_max=256,
+                                                   crop_size=crop),
+            "ours_random_resized_crop": lambda: _our_loader(samples, batch_size, seed, train_transform="random_resized_crop",
+                                                            scale_min=crop, scale_max=crop, crop_size=crop,
+                                                            colour_shift=0.0, normalize="mean_std"),
+            "decode_only": lambda: _DecodeOnly(samples, batch_size),
+        }
+        # Warm-up: imports, first decodes (page cache) for every pipeline.
+        for make in pipelines.values():
+            loader = make()
+            next(iter(loader))
+        best: dict[str, float] = {k: 0.0 for k in pipelines}
+        per_round: dict[str, list[float]] = {k: [] for k in pipelines}
+        for _ in range(rounds):
+            for name, make in pipelines.items():
+                rate = _time_loader(make(), images)
+                per_round[name].append(round(rate, 1))
+                best[name] = max(best[name], rate)
+        ref = best["reference"]
+        return {
+            "images_per_s_per_worker": {k: round(v, 1) for k, v in best.items()},
+            "rounds": per_round,
+            "ratio_vs_reference": {k: round(v / ref, 2) for k, v in best.items() if k.startswith("ours")},
+            "ratio_scale_jitter_vs_reference_scale_jitter": round(best["ours_scale_jitter"] / best["reference_scale_jitter"], 2),
+            "setup": {"images": images, "size": "500x375", "jpeg_quality": 90, "batch_size": batch_size,
+                      "scale": [scale_min, scale_max], "crop": crop, "threads": threads, "rounds": rounds},
+            "machine": {"cpu": _cpu_model(), "cores": torch.multiprocessing.cpu_count() if hasattr(torch.multiprocessing, "cpu_count") else None,
+                        "python": platform.python_version(), "torch": torch.__version__,
+                        "pillow": __import__("PIL").__version__},
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        }
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def format_report(r: dict) -> str:
+    lines = [f"{'pipeline':<28}{'images/s/worker':>16}{'vs reference':>14}"]
+    ref = r["images_per_s_per_worker"]["reference"]
+    for k, v in r["images_per_s_per_worker"].items():
+        lines.append(f"{k:<28}{v:>16.1f}{v / ref:>13.2f}x")
+    m = r["machine"]
+    lines.append(f"{r['date']}, {m['cpu']}, {r['setup']['threads']} thread(s), {r['setup']['images']} JPEGs "
+                 f"{r['setup']['size']} q{r['setup']['jpeg_quality']}, best of {r['setup']['rounds']} rounds")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=int, default=400)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--scale-min", type=int, default=256)
+    p.add_argument("--scale-max", type=int, default=512)
+    p.add_argument("--crop", type=int, default=224)
+    p.add_argument("--data-dir", help="where the benchmark JPEGs are written (kept); default a temp folder")
+    p.add_argument("--json", help="also write the result as JSON here")
+    args = p.parse_args(argv)
+    r = run_data_pipeline_bench(images=args.images, batch_size=args.batch_size, rounds=args.rounds,
+                                scale_min=args.scale_min, scale_max=args.scale_max, crop=args.crop,
+                                data_dir=args.data_dir)
+    print(format_report(r))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

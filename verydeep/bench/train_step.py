@@ -20,6 +20,7 @@ Both sides see the same shapes, classes and precision; inputs already sit on the
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import statistics
 from dataclasses import dataclass, replace
@@ -96,8 +97,12 @@ def _backend_flags(device: torch.device, *, benchmark: bool, tf32: bool):
          torch.backends.cudnn.allow_tf32) = saved
 
 
-def forward_backward_slices(net, images, labels, accum, amp, scaler, label_smoothing) -> torch.Tensor:
-    """``engine._forward_backward`` with micro-batches taken as views (no gather, no index copy)."""
+def forward_backward_slices(net, images, labels, accum, amp, scaler, label_smoothing, *,
+                            autocast_cache: bool = True) -> torch.Tensor:
+    """``engine._forward_backward`` with micro-batches taken as views (no gather, no index copy).
+
+    ``autocast_cache=False`` under CUDA-graph capture, where autocast's weight cache must be off.
+    """
     n = images.shape[0]
     size = -(-n // accum)
     total = torch.zeros((), device=images.device)
@@ -107,7 +112,8 @@ def forward_backward_slices(net, images, labels, accum, amp, scaler, label_smoot
         sync = i == len(starts) - 1
         ctx = net.no_sync() if (not sync and hasattr(net, "no_sync")) else contextlib.nullcontext()
         with ctx:
-            with torch.autocast(images.device.type, dtype=amp, enabled=amp is not None):
+            with torch.autocast(images.device.type, dtype=amp, enabled=amp is not None,
+                                cache_enabled=autocast_cache):
                 loss = F.cross_entropy(net(x).float(), y, label_smoothing=label_smoothing)
             scaler.scale(loss * (x.shape[0] / n)).backward()
         total += loss.detach() * (x.shape[0] / n)
@@ -147,7 +153,11 @@ class OurStep:
         self.optimizer = _our_optimizer(self.model, device, "fused" in opts and device.type == "cuda")
         self.net = torch.compile(self.model) if "compile" in opts else self.model
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp is torch.float16)
-        self.fb = forward_backward_slices if opts & {"slices", "graphs"} else _forward_backward
+        self.fb = _forward_backward
+        if "graphs" in opts:
+            self.fb = functools.partial(forward_backward_slices, autocast_cache=False)
+        elif "slices" in opts:
+            self.fb = forward_backward_slices
         self.step_seed = _step_seed
         self.check_every_step = not (opts & {"nosync", "graphs"})
         self.loss_sum = torch.zeros((), device=device)

@@ -12,8 +12,7 @@ from verydeep.train.checkpoint import load_checkpoint
 
 from ..train.conftest import TINY_OVERRIDES, write_tiny_imagenet
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-            "--master_addr", "127.0.0.1", "--master_port", "0"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
 def _train_args(data, out, *extra):
@@ -27,7 +26,8 @@ def _run(cmd, timeout=240):
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
-        pytest.fail(f"timed out after {timeout}s: {' '.join(cmd)}\n{(e.stderr or b'')[-4000:]}")
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        pytest.fail(f"timed out after {timeout}s: {' '.join(cmd)}\n{err[-4000:]}")
     assert proc.returncode == 0, f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-6000:]}"
     return proc
 

@@ -25,7 +25,7 @@ def tiny_imagenet(tmp_path_factory):
 
 TINY_OVERRIDES = [
     "model.name=A", "model.width=0.0625", "model.fc_features=32", "model.dropout=0.0",
-    "model.init=kaiming", "data.scale_min=32", "data.scale_max=40", "data.crop_size=32",
+    "model.init=glorot", "data.scale_min=32", "data.scale_max=40", "data.crop_size=32",
     "data.eval_scale=32", "data.eval_crop=32", "data.workers=0", "data.normalize=mean_std", "optim.lr=0.01",
     "train.batch_size=6", "train.epochs=2", "train.max_iterations=null", "train.log_every=1",
     "train.tensorboard=false", "train.device=cpu",

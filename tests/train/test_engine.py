@@ -57,23 +57,27 @@ def test_cosine_lr_sequence_in_a_toy_run(tiny_imagenet, tmp_path):
 def test_iteration_cap_stops_the_run(tiny_imagenet, tmp_path):
     result = train(_cfg(tiny_imagenet, "train.max_iterations=3", "train.plot=false"), tmp_path / "run")
     assert result.steps == 3 and "iterations" in result.stopped_because
+    assert "completed 2 epochs" == train(_cfg(tiny_imagenet, "train.plot=false"), tmp_path / "b").stopped_because
 
 
 def test_accumulation_gives_identical_gradients():
+    from verydeep.parallel.config import ParallelConfig
+    from verydeep.parallel.distributed import DistInfo
+    from verydeep.parallel.strategy import build_strategy
+
     torch.manual_seed(0)
     model = create_model("A", num_classes=5, width=1 / 16, head_size=1, dropout=0.0).double()
     x = torch.randn(8, 3, 32, 32, dtype=torch.float64)
     y = torch.randint(0, 5, (8,))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    grads = []
+    grads, losses = [], []
     for accum in (1, 2, 4):
+        strategy = build_strategy(model, ParallelConfig(), DistInfo(), crop_size=32, accum=accum)
         model.zero_grad()
-        loss = engine._forward_backward(model, x, y, accum, None, scaler, 0.0)
+        losses.append(engine._forward_backward(strategy, x, y, None, scaler, 0.0))
         grads.append([p.grad.clone() for p in model.parameters()])
-        if accum == 1:
-            loss1 = loss
-        torch.testing.assert_close(loss, loss1, rtol=0, atol=1e-12)
-    for g in grads[1:]:
+    for loss, g in zip(losses[1:], grads[1:]):
+        torch.testing.assert_close(loss, losses[0], rtol=0, atol=1e-12)
         for a, b in zip(grads[0], g):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 

@@ -11,6 +11,7 @@ import sys
 COMMANDS = (
     "verydeep.cli.models",
     "verydeep.cli.train",
+    "verydeep.cli.data",
     "verydeep.cli.evaluate",
     "verydeep.cli.bench",
 )

@@ -6,7 +6,6 @@ model; the loop does not change with them.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import signal
@@ -20,9 +19,8 @@ import torch.nn.functional as F
 from verydeep.config import Config, config_to_dict, save_config
 from verydeep.data import build_train_loader, discover
 from verydeep.models.from_config import model_from_config
-from verydeep.models.weights import model_state_dict
-from verydeep.parallel.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
-from verydeep.parallel.data_parallel import unwrap, wrap_data_parallel
+from verydeep.parallel.distributed import all_reduce_sum, barrier, init_distributed
+from verydeep.parallel.strategy import ParallelStrategy, build_strategy
 from verydeep.train.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from verydeep.train.metrics import MetricsLog, Progress
 from verydeep.train.optim import build_optimizer
@@ -40,6 +38,7 @@ class NonFiniteLossError(RuntimeError):
 @dataclass
 class TrainResult:
     run_dir: Path
+    is_main: bool
     epochs_done: int
     steps: int
     best_top1_error: float | None
@@ -114,7 +113,11 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> TrainRes
     # --- data -------------------------------------------------------------------------
     splits = discover(cfg.data)
     num_classes = len(splits.classes)
-    per_process, accum = batch_plan(cfg.train.batch_size, dist.world_size, cfg.train.micro_batch_size)
+    if dist.world_size % cfg.parallel.pipeline_stages:
+        raise ValueError(f"parallel.pipeline_stages={cfg.parallel.pipeline_stages} does not divide the "
+                         f"{dist.world_size} processes")
+    data_world = dist.world_size // cfg.parallel.pipeline_stages  # data-parallel replicas
+    per_process, accum = batch_plan(cfg.train.batch_size, data_world, cfg.train.micro_batch_size)
     steps_per_epoch = len(splits.train) // cfg.train.batch_size
     if steps_per_epoch == 0:
         raise ValueError(
@@ -128,22 +131,26 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> TrainRes
         log.warning("--resume: no checkpoint in %s, starting from scratch", run_dir)
     model = model_from_config(cfg.model, num_classes, cfg.data.crop_size)
     if state is not None:
-        model.load_state_dict(state["model"])
-    model.to(dist.device)
+        model.load_state_dict(state["model"])  # full, unsharded: any mode resumes any other
     channels_last = cfg.train.channels_last if cfg.train.channels_last is not None else dist.device.type == "cuda"
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg.optim, dist.device)
-    net = wrap_data_parallel(model, dist, cfg.parallel.sync_batch_norm)
     if cfg.train.compile:
-        net = torch.compile(net)
+        model.compile()  # compiles forward in place; state-dict keys stay unchanged
+    strategy = build_strategy(model, cfg.parallel, dist, crop_size=cfg.data.crop_size, accum=accum)
+    optimizer = build_optimizer(strategy.local_module, cfg.optim, dist.device)
     amp_dtype = _amp_dtype(cfg.train.amp, dist.device)
     scaler = torch.amp.GradScaler(dist.device.type, enabled=amp_dtype is torch.float16)
     schedule = LRSchedule(cfg.schedule, cfg.optim.lr, steps_per_epoch, cfg.train.epochs, cfg.train.max_iterations)
 
     epoch, step, batch_in_epoch, best, bad_total = 0, 0, 0, None, 0
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        same_layout = (state.get("parallel_mode", "data_parallel") == strategy.mode == "data_parallel")
+        if same_layout:
+            optimizer.load_state_dict(state["optimizer"])
+        else:
+            log.warning("resuming %s from a %s checkpoint: weights restored, optimiser state (momentum) restarts",
+                        strategy.mode, state.get("parallel_mode"))
         schedule.load_state_dict(state["schedule"])
         scaler.load_state_dict(state["scaler"])
         epoch, step, batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
@@ -155,6 +162,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> TrainRes
 
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
+        log.info("parallelism: %s", strategy.describe())
         log.info("run %s: %d train / %d val images, %d classes (val layout: %s); %d steps/epoch, "
                  "global batch %d = %d process(es) x %d accumulation x %d", run_dir, len(splits.train),
                  len(splits.val), num_classes, splits.val_layout, steps_per_epoch, cfg.train.batch_size,
@@ -162,10 +170,11 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> TrainRes
     metrics = MetricsLog(run_dir, enabled=dist.is_main, tensorboard=cfg.train.tensorboard)
 
     def checkpoint(name: str, *, finished: bool = False, why: str = "") -> None:
+        weights = strategy.full_state_dict()  # collective: every rank takes part
         if not dist.is_main:
             return
         atomic_save({
-            "model": model_state_dict(model),
+            "model": weights,
             "spec": model.spec.to_dict(),
             "config": config_to_dict(cfg),
             "classes": list(splits.classes),
@@ -175,12 +184,12 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> TrainRes
             "scaler": scaler.state_dict(),
             "epoch": epoch, "step": step, "batch_in_epoch": batch_in_epoch,
             "best_top1_error": best, "bad_files": bad_total,
-            "rng": rng_state(), "world_size": dist.world_size,
+            "rng": rng_state(), "world_size": dist.world_size, "parallel_mode": strategy.mode,
             "finished": finished, "stopped_because": why, "plateau_stopped": schedule_stopped,
         }, run_dir / name)
 
     def run_validation(tag: str) -> dict:
-        result = validate(net, cfg, splits, dist, per_process_batch=cfg.train.val_batch_size or per_process,
+        result = validate(strategy, cfg, splits, per_process_batch=cfg.train.val_batch_size or per_process,
                           amp_dtype=amp_dtype, channels_last=channels_last)
         record = {"kind": "val", "epoch": epoch, "step": step, **result, "tag": tag}
         metrics.write(record)
@@ -198,9 +207,10 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> TrainRes
     loss_count = 0
     with _StopFlag() as stop_flag:
         while epoch < cfg.train.epochs and step < max_steps and not stopped and not (state or {}).get("plateau_stopped"):
-            net.train()
+            strategy.train()
             loader = build_train_loader(cfg.data, splits.train, per_process, seed=cfg.train.seed, epoch=epoch,
-                                        start_batch=batch_in_epoch, rank=dist.rank, world_size=dist.world_size,
+                                        start_batch=batch_in_epoch, rank=strategy.data_rank,
+                                        world_size=strategy.data_world,
                                         device_type=dist.device.type)
             progress = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.train.epochs}", dist.is_main,
                                 initial=batch_in_epoch, every=cfg.train.log_every)
@@ -217,7 +227,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> TrainRes
                 labels = labels.to(dist.device, non_blocking=True)
                 if channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
-                loss = _forward_backward(net, images, labels, accum, amp_dtype, scaler, cfg.train.label_smoothing)
+                loss = _forward_backward(strategy, images, labels, amp_dtype, scaler, cfg.train.label_smoothing)
                 if not torch.isfinite(loss):
                     if cfg.train.nonfinite == "skip":
                         log.warning("non-finite loss (%s) at step %d: step skipped", loss.item(), step)
@@ -232,7 +242,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> TrainRes
                 else:
                     if cfg.optim.grad_clip:
                         scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                        strategy.clip_grad_norm_(cfg.optim.grad_clip)
                     scaler.step(optimizer)
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
@@ -240,7 +250,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> TrainRes
                     loss_count += 1
                 step += 1
                 batch_in_epoch += 1
-                seen += images.shape[0] * dist.world_size
+                seen += images.shape[0] * strategy.data_world
                 epoch_bad += len(bad)
                 metrics.scalar("train/lr_per_step", lr, step)
                 if step % cfg.train.log_every == 0 or batch_in_epoch == steps_per_epoch:
@@ -254,7 +264,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> TrainRes
                 progress.update(**getattr(progress, "postfix", {}))
                 if cfg.train.val_every_steps and step % cfg.train.val_every_steps == 0 and batch_in_epoch < steps_per_epoch:
                     last_val = run_validation("in-epoch")
-                    net.train()
+                    strategy.train()
                 if cfg.train.checkpoint_every_steps and step % cfg.train.checkpoint_every_steps == 0:
                     checkpoint("last.pt")
                 if stop_flag.raised or step >= max_steps:
@@ -284,10 +294,10 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> TrainRes
             if action == "stop":
                 schedule_stopped = True
                 stopped = f"val top-1 error stopped improving after {schedule.decreases} LR decreases"
-            elif step >= max_steps:
-                stopped = f"reached {step} iterations (train.max_iterations={cfg.train.max_iterations})"
             elif epoch >= cfg.train.epochs:
                 stopped = f"completed {epoch} epochs"
+            elif step >= max_steps:
+                stopped = f"reached {step} iterations (train.max_iterations={cfg.train.max_iterations})"
             if improved:
                 best = top1
             checkpoint("last.pt", finished=bool(stopped), why=stopped)
@@ -300,27 +310,17 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> TrainRes
         log.info("finished: %s; best val top-1 error %s%%; checkpoints %s, %s; metrics %s; plot %s",
                  stopped or "done", f"{best:.2f}" if best is not None else "n/a", run_dir / "best.pt",
                  run_dir / "last.pt", run_dir / "metrics.jsonl", png)
-    return TrainResult(run_dir=run_dir, epochs_done=epoch, steps=step, best_top1_error=best,
+    return TrainResult(run_dir=run_dir, is_main=dist.is_main, epochs_done=epoch, steps=step, best_top1_error=best,
                        last_val=last_val, stopped_because=stopped or (state or {}).get("stopped_because", ""),
                        bad_files=bad_total)
 
 
-def _forward_backward(net, images, labels, accum, amp_dtype, scaler, label_smoothing) -> torch.Tensor:
-    """Forward and backward over ``accum`` micro-batches; returns the batch-mean loss.
+def _forward_backward(strategy: ParallelStrategy, images, labels, amp_dtype, scaler, label_smoothing) -> torch.Tensor:
+    """Forward and backward of one global-batch step in whatever parallel mode; the batch-mean loss.
 
-    Each micro-batch loss is weighted by its share of the batch, so the summed gradient is the
-    gradient of the batch mean: the result does not depend on how the batch is split.
+    The strategy splits the batch into the accumulation micro-batches and weights each by its
+    share, so the gradient does not depend on how the batch is split or over how many ranks.
     """
-    n = images.shape[0]
-    chunks = torch.arange(n).chunk(accum)
-    total = torch.zeros((), device=images.device)
-    for i, idx in enumerate(chunks):
-        sync = i == len(chunks) - 1
-        ctx = net.no_sync() if (not sync and hasattr(net, "no_sync")) else contextlib.nullcontext()
-        with ctx:
-            with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = net(images[idx])
-                loss = F.cross_entropy(logits.float(), labels[idx], label_smoothing=label_smoothing)
-            scaler.scale(loss * (len(idx) / n)).backward()
-        total += loss.detach() * (len(idx) / n)
-    return total
+    scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+    return strategy.forward_backward(images, labels, amp_dtype=amp_dtype, label_smoothing=label_smoothing,
+                                     loss_scale=scale)

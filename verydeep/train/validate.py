@@ -8,35 +8,43 @@ import torch.nn.functional as F
 
 from verydeep.data import build_eval_loader
 from verydeep.evaluate.metrics import topk_hits
-from verydeep.parallel.distributed import DistInfo, all_reduce_sum
+from verydeep.parallel.strategy import ParallelStrategy
 
 
 @torch.no_grad()
-def validate(net, cfg, splits, dist: DistInfo, *, per_process_batch: int,
+def validate(strategy: ParallelStrategy, cfg, splits, *, per_process_batch: int,
              amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict:
-    was_training = net.training
-    net.eval()
+    device = strategy.device
+    was_training = strategy.local_module.training
+    strategy.eval()
     loader = build_eval_loader(cfg.data, splits.val, per_process_batch, scale=cfg.data.eval_scale,
-                               crop=cfg.data.eval_crop, rank=dist.rank, world_size=dist.world_size)
+                               crop=cfg.data.eval_crop, rank=strategy.data_rank, world_size=strategy.data_world)
+    # Model-parallel forwards are collective: every rank makes the same number of calls, a rank
+    # whose shard ran out passing empty batches.
+    calls = torch.tensor([len(loader)], device=device)
+    if torch.distributed.is_initialized() and strategy.dist.world_size > 1:
+        torch.distributed.all_reduce(calls, op=torch.distributed.ReduceOp.MAX)
+    empty = torch.zeros(0, 3, cfg.data.eval_crop, cfg.data.eval_crop, device=device)
+    batches = iter(loader)
     # [loss sum, top-1 correct, top-5 correct, decoded images, unreadable images]
-    sums = torch.zeros(5, dtype=torch.float64, device=dist.device)
-    for images, labels, _indices, bad in loader:
+    sums = torch.zeros(5, dtype=torch.float64, device=device)
+    for _ in range(int(calls.item())):
+        images, labels, _indices, bad = next(batches, (empty, torch.zeros(0, dtype=torch.long), None, []))
         sums[4] += len(bad)
-        if images.shape[0] == 0:
-            continue
-        images = images.to(dist.device, non_blocking=True)
-        labels = labels.to(dist.device, non_blocking=True)
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(dist.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = net(images).float()
+        logits = strategy.eval_logits(images, amp_dtype=amp_dtype)
+        if images.shape[0] == 0:
+            continue
         sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
         hits = topk_hits(logits, labels, ks=(1, 5)).sum(dim=0)
         sums[1] += hits[0]
         sums[2] += hits[1]
         sums[3] += images.shape[0]
-    all_reduce_sum(sums)
-    net.train(was_training)
+    strategy.sum_over_data(sums)
+    strategy.train(was_training)
     loss, c1, c5, n, n_bad = sums.tolist()
     total = n + n_bad
     if total == 0:

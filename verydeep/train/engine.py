@@ -179,7 +179,9 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> TrainRes
             "config": config_to_dict(cfg),
             "classes": list(splits.classes),
             "class_names": dict(splits.class_names),
-            "optimizer": optimizer.state_dict(),
+            # Model-parallel optimiser state is sharded per rank (DTensors, stage-local tensors);
+            # only the data-parallel state is complete on rank 0, so only it is kept.
+            "optimizer": optimizer.state_dict() if strategy.mode == "data_parallel" else None,
             "schedule": schedule.state_dict(),
             "scaler": scaler.state_dict(),
             "epoch": epoch, "step": step, "batch_in_epoch": batch_in_epoch,

@@ -135,7 +135,7 @@ def evaluate_rows(nets, data_cfg, samples: Sequence, rows: Sequence[RowSpec], *,
     """
     from verydeep.data import build_eval_loader
 
-    nets = as_eval_nets(nets)
+    nets = as_eval_nets(nets, data_cfg)
     rows = [r if isinstance(r, RowSpec) else RowSpec(r[0], tuple(r[1])) for r in rows]
     if not rows:
         raise ValueError("nothing to evaluate: no (protocol, scales) rows given")

@@ -39,3 +39,13 @@ def tiny_net(seed=0, classes=3):
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("evalset"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convs gain nothing from intra-op threads and lose much to their spin-waits on a
+    shared, busy CPU; restored afterwards for the rest of the session."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -60,3 +60,22 @@ def test_ddp_checkpoint_resumes_in_a_single_process(tmp_path):
     _run([sys.executable, *_train_args(data, tmp_path / "run"), "--resume"])
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["step"] == 8 and state["world_size"] == 1
+
+
+@pytest.mark.slow
+def test_model_parallel_checkpoints_resume_in_other_modes_through_the_cli(tmp_path):
+    """pipeline (2 stages) -> hybrid DP-conv/TP-FC -> a plain single process, one run directory."""
+    data = write_tiny_imagenet(tmp_path / "data")
+    run = tmp_path / "run"
+    _run([*TORCHRUN, *_train_args(data, run, "--set", "train.epochs=1", "--set", "parallel.pipeline_stages=2",
+                                  "--set", "parallel.microbatches=3")])
+    assert load_checkpoint(run / "last.pt")["parallel_mode"] == "pipeline"
+    _run([*TORCHRUN, *_train_args(data, run, "--set", "train.epochs=2", "--set", "parallel.tensor_parallel_fc=true"),
+          "--resume"])
+    assert load_checkpoint(run / "last.pt")["parallel_mode"] == "hybrid"
+    _run([sys.executable, *_train_args(data, run, "--set", "train.epochs=3"), "--resume"])
+    state = load_checkpoint(run / "last.pt")
+    assert state["step"] == 12 and state["parallel_mode"] == "data_parallel"
+    from verydeep.models import load_model
+
+    assert load_model(run / "last.pt").spec.config == "A"

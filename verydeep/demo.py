@@ -25,9 +25,27 @@ def run_demo(out: str = "runs/demo", data: str = "data/demo", config: str | None
     cfg = load_config(config, [f"data.root={data_dir}", *(overrides or [])])
     t = time.perf_counter()
     result = train(cfg, out, resume=resume)
-    minutes = (time.perf_counter() - t) / 60
-    print(f"\ntrained in {minutes:.1f} min: {result.stopped_because}")
-    print(f"best val top-1 error {result.best_top1_error:.2f}% (single crop, Q={cfg.data.eval_scale})")
+    train_min = (time.perf_counter() - t) / 60
+    print(f"\ntrained in {train_min:.1f} min: {result.stopped_because}; best val top-1 error "
+          f"{result.best_top1_error:.2f}% (single centre crop, Q={cfg.data.eval_scale})")
+
+    # The paper's test protocols on the best checkpoint, single- and multi-scale (Sec. 4).
+    from verydeep.data import discover
+    from verydeep.evaluate import RowSpec, default_scales, evaluate_rows, load_eval_net
+    from verydeep.evaluate.report import format_table, write_json
+
+    t = time.perf_counter()
+    net = load_eval_net(result.run_dir)
+    splits = discover(cfg.data)
+    rows = [RowSpec(protocol, tuple(default_scales(net.data, multi)))
+            for multi in (False, True) for protocol in ("center", "dense", "multicrop", "dense+multicrop")]
+    evaluation = evaluate_rows([net], cfg.data, splits.val, rows, classes=splits.classes,
+                               batch_size=64, device=cfg.train.device)
+    eval_min = (time.perf_counter() - t) / 60
+    print()
+    print(format_table(evaluation.rows, title=f"demo val set: {len(splits.val)} images, best checkpoint"))
+    write_json(evaluation.rows, result.run_dir / "eval.json")
+    print(f"\nevaluated in {eval_min:.1f} min; table: {result.run_dir / 'eval.json'}")
     print(f"checkpoints: {result.run_dir / 'best.pt'}, {result.run_dir / 'last.pt'}")
     print(f"metrics: {result.run_dir / 'metrics.jsonl'}; curves: {result.run_dir / 'curves.png'}")
     return 0

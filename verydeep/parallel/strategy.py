@@ -195,16 +195,18 @@ class DataParallel(ParallelStrategy):
         if n % self.accum:
             raise ValueError(f"per-process batch {n} is not divisible by accum={self.accum}")
         total = torch.zeros((), device=images.device, dtype=torch.float64)
-        chunks = torch.arange(n, device=images.device).chunk(self.accum)
-        for i, idx in enumerate(chunks):
-            last = i == len(chunks) - 1
+        size = n // self.accum
+        for i in range(self.accum):
+            # contiguous slices are views: no gather copy, no index tensor sent to the device
+            x, y = images[i * size:(i + 1) * size], labels[i * size:(i + 1) * size]
+            last = i == self.accum - 1
             sync = contextlib.nullcontext() if last or not hasattr(self.net, "no_sync") else self.net.no_sync()
             with sync:
                 with _autocast(images.device, amp_dtype):
-                    logits = self.net(images[idx])
-                loss = F.cross_entropy(upcast(logits), labels[idx], label_smoothing=label_smoothing)
-                (loss * (len(idx) / n) * loss_scale).backward()
-            total += loss.detach() * (len(idx) / n)
+                    logits = self.net(x)
+                loss = F.cross_entropy(upcast(logits), y, label_smoothing=label_smoothing)
+                (loss * (size / n) * loss_scale).backward()
+            total += loss.detach() * (size / n)
         return self.sum_over_data(total) / self.dist.world_size
 
     @torch.no_grad()
@@ -237,7 +239,6 @@ class DataParallel(ParallelStrategy):
         if self.dist.world_size > 1:  # all-reduced by the caller: contribute from rank 0 only
             return zero, once if self.dist.is_main else zero.clone()
         return once, zero
-        return once, shared
 
     def describe(self):
         if self.dist.world_size == 1:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from torch import nn
 
-from verydeep.models import VGG, VGGSpec, caffe_bgr_to_rgb, infer_spec, read_weights
+from verydeep.models import VGG, read_weights
+from verydeep.models.weights import model_from_state
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +96,8 @@ def load_eval_net(path: str | Path, *, caffe_bgr: bool = False, which: str = "be
 
     file = find_checkpoint(path, which)
     state, meta = read_weights(file)
-    spec = VGGSpec(**meta["spec"]) if meta.get("spec") else infer_spec(state)
-    if caffe_bgr:
-        state = caffe_bgr_to_rgb(state)
-    model = VGG(spec)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{file}: weights do not fit {spec}: {e}") from None
-    model.eval()
+    model = model_from_state(state, meta, caffe_bgr=caffe_bgr, source=file).eval()
+    spec = model.spec
     config = meta.get("config") or {}
     if caffe_bgr:
         data, convention = data_config(CAFFE), "caffe"

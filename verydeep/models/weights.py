@@ -126,14 +126,10 @@ def infer_spec(state: dict[str, torch.Tensor], dropout: float = 0.5) -> VGGSpec:
     return spec
 
 
-def load_model(path: str | Path, *, caffe_bgr: bool = False, dropout: float | None = None) -> VGG:
-    """Build the net described by a weights file and load its weights (strict)."""
-    state, meta = read_weights(path)
-    spec_dict = meta.get("spec")
-    if spec_dict:
-        spec = VGGSpec(**spec_dict)
-    else:
-        spec = infer_spec(state)
+def model_from_state(state: dict[str, torch.Tensor], meta: dict, *, caffe_bgr: bool = False,
+                     dropout: float | None = None, source: str | Path = "weights") -> VGG:
+    """The net a state dict (+ its metadata) describes, with those weights loaded (strict)."""
+    spec = VGGSpec(**meta["spec"]) if meta.get("spec") else infer_spec(state)
     if dropout is not None:
         spec = VGGSpec(**{**spec.to_dict(), "dropout": dropout})
     if caffe_bgr:
@@ -142,5 +138,11 @@ def load_model(path: str | Path, *, caffe_bgr: bool = False, dropout: float | No
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit {spec}: {e}") from None
+        raise ValueError(f"{source}: weights do not fit {spec}: {e}") from None
     return model
+
+
+def load_model(path: str | Path, *, caffe_bgr: bool = False, dropout: float | None = None) -> VGG:
+    """Build the net described by a weights file and load its weights (strict)."""
+    state, meta = read_weights(path)
+    return model_from_state(state, meta, caffe_bgr=caffe_bgr, dropout=dropout, source=path)

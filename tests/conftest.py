@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -6,10 +8,27 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _grad_mode_is_per_test():
+    """Every test starts with autograd on and cannot leave it off for the tests after it.
+
+    Grad mode is process-global: a module that switched it off at import time once turned
+    every later training test into "element 0 of tensors does not require grad".
+    """
+    torch.set_grad_enabled(True)
+    yield
+    torch.set_grad_enabled(True)
+
+
+@pytest.fixture
+def no_grad():
+    """Inference-only tests: autograd off for the test alone."""
+    with torch.no_grad():
+        yield
+
+
 @pytest.fixture
 def all_threads():
-    import os
-
     before = torch.get_num_threads()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     yield

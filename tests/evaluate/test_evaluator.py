@@ -8,7 +8,7 @@ from verydeep.evaluate import EvalNet, RowSpec, default_scales, evaluate, evalua
 from verydeep.evaluate import protocols
 from verydeep.evaluate.report import format_table, write_json, write_per_class, write_per_image
 
-torch.set_grad_enabled(False)
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 
 def data_cfg(root, **kw):

@@ -11,7 +11,7 @@ from verydeep.evaluate.checkpoints import EvalNet
 from verydeep.evaluate.export import export_onnx, export_safetensors
 from verydeep.models import create_model, fully_convolutional, load_model
 
-torch.set_grad_enabled(False)
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 
 @pytest.fixture(scope="module")

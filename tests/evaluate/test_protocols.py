@@ -6,7 +6,7 @@ from verydeep.evaluate.fusion import average_posteriors, class_permutation
 from verydeep.evaluate.metrics import per_class_accuracy, topk_error, topk_hits
 from verydeep.models import create_model, fully_convolutional
 
-torch.set_grad_enabled(False)
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 
 def tiny(seed=0, head_size=2, classes=6):

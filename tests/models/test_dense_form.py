@@ -3,7 +3,7 @@ import torch
 
 from verydeep.models import VGG, VGGSpec, fully_convolutional
 
-torch.set_grad_enabled(False)
+pytestmark = pytest.mark.usefixtures("no_grad")
 CONFIGS = ["A", "A-LRN", "B", "C", "D", "E"]
 
 

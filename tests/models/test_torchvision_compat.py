@@ -6,8 +6,7 @@ import torchvision
 
 from verydeep.models import create_model, load_model, save_weights
 
-torch.set_grad_enabled(False)
-pytestmark = pytest.mark.usefixtures("all_threads")
+pytestmark = pytest.mark.usefixtures("all_threads", "no_grad")
 
 PAIRS = [("vgg11", "A"), ("vgg13", "B"), ("vgg16", "D"), ("vgg19", "E")]
 

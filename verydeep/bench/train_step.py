@@ -3,14 +3,15 @@
 Variants (``variants``, comma-separated):
 
 - ``reference``: torchvision's VGG class and a plain AMP loop (``verydeep.bench.reference``).
-- ``ours``: the body of ``verydeep.train.engine``'s loop as it ships: our VGG, the loop's
+- ``ours``: the body of ``verydeep.train.engine``'s loop as it ships: our VGG behind the
+  single-process :class:`~verydeep.parallel.strategy.DataParallel` strategy, the loop's
   ``_forward_backward``, ``build_optimizer``, the per-step learning-rate set and dropout seed,
   channels_last and cudnn.benchmark on CUDA, and the per-step finiteness check of the loss.
 - ``ours+OPT[+OPT...]``: the same with changes the loop might adopt, to measure them first:
   ``compile`` (torch.compile of the model), ``fused`` (SGD's fused CUDA kernel instead of
   foreach), ``nosync`` (no per-step host read of the loss: the finiteness check deferred to the
-  logging step), ``slices`` (micro-batches as views instead of gathered with an index tensor,
-  which on CUDA costs a copy of the batch and a host-to-device copy of the index),
+  logging step), ``slices`` (a bare micro-batch loop over the model instead of the strategy
+  layer, to measure what the parallel-strategy interface costs a single process),
   ``graphs`` (the whole step captured once in a CUDA graph and replayed; implies nosync and
   slices, CUDA only), ``cl`` / ``nocl`` (channels_last on / off).
 
@@ -142,6 +143,8 @@ class OurStep:
     """The per-step body of ``verydeep.train.engine.train``, with the measured options."""
 
     def __init__(self, cfg: TrainBenchConfig, device: torch.device, opts: set[str]) -> None:
+        from verydeep.parallel.distributed import DistInfo
+        from verydeep.parallel.strategy import DataParallel
         from verydeep.train.engine import _forward_backward, _step_seed
 
         self.device, self.opts, self.cfg = device, opts, cfg
@@ -152,8 +155,11 @@ class OurStep:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = _our_optimizer(self.model, device, "fused" in opts and device.type == "cuda")
         self.net = torch.compile(self.model) if "compile" in opts else self.model
+        self.strategy = DataParallel(self.model, DistInfo(device=device), accum=cfg.accum)
+        self.strategy.net = self.net  # the compiled module where asked; the same object otherwise
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp is torch.float16)
-        self.fb = _forward_backward
+        self.engine_fb = _forward_backward
+        self.fb = None
         if "graphs" in opts:
             self.fb = functools.partial(forward_backward_slices, autocast_cache=False)
         elif "slices" in opts:
@@ -165,6 +171,8 @@ class OurStep:
         self.graph = None
 
     def _body(self, images, labels) -> torch.Tensor:
+        if self.fb is None:
+            return self.engine_fb(self.strategy, images, labels, self.amp, self.scaler, 0.0)
         return self.fb(self.net, images, labels, self.cfg.accum, self.amp, self.scaler, 0.0)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:

@@ -44,8 +44,9 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, _overrides(args))
     out = args.out or str(Path("runs") / Path(args.config).stem)
     result = train(cfg, out, resume=args.resume)
-    print(f"{result.stopped_because}; best val top-1 error: "
-          f"{'n/a' if result.best_top1_error is None else f'{result.best_top1_error:.2f}%'}; run: {result.run_dir}")
+    if result.is_main:  # one summary line per run, not one per torchrun process
+        print(f"{result.stopped_because}; best val top-1 error: "
+              f"{'n/a' if result.best_top1_error is None else f'{result.best_top1_error:.2f}%'}; run: {result.run_dir}")
     return 0
 
 

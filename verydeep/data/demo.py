@@ -24,6 +24,10 @@ DEMO_CLASSES = [
 ]
 
 SUPERSAMPLE = 2  # shapes are drawn at 2x and box-filtered down: anti-aliased edges
+CLUTTER = (4, 12)  # background strokes, arcs and blobs per image (inclusive range)
+OCCLUDERS = (0, 2)  # strokes drawn over the object (inclusive range)
+RADIUS = (0.11, 0.46)  # object radius, log-uniform, as a fraction of the shorter side (4.2x)
+TILT_DEG = 30.0  # object rotation drawn from [-TILT_DEG, TILT_DEG]
 
 
 def _circle(n=48, radius=1.0, cx=0.0, cy=0.0):
@@ -110,15 +114,15 @@ def render_demo_image(rng: np.random.Generator, shape: str, min_short: int = 72,
     long = int(short * math.exp(rng.uniform(0.0, math.log(1.7))))
     w, h = (long, short) if rng.random() < 0.6 else (short, long)
     img, bg_mean = _background(rng, w, h)
-    _clutter(ImageDraw.Draw(img), rng, w, h, int(rng.integers(4, 13)))
+    _clutter(ImageDraw.Draw(img), rng, w, h, int(rng.integers(CLUTTER[0], CLUTTER[1] + 1)))
 
-    # Object: radius log-uniform in [0.11, 0.46] of the shorter side (4.2x), near the centre,
-    # tilted by up to 30 degrees and mildly stretched. (Free rotation makes the ten classes a
+    # Object: radius log-uniform in RADIUS of the shorter side, near the centre, tilted by up
+    # to TILT_DEG and mildly stretched. (Free rotation makes the ten classes a
     # rotation-invariance problem that a CPU-sized net needs far longer than a demo to learn.)
-    r = short * math.exp(rng.uniform(math.log(0.11), math.log(0.46)))
+    r = short * math.exp(rng.uniform(math.log(RADIUS[0]), math.log(RADIUS[1])))
     cx = w / 2 + rng.uniform(-0.15, 0.15) * short
     cy = h / 2 + rng.uniform(-0.15, 0.15) * short
-    a = rng.uniform(-np.pi / 6, np.pi / 6)
+    a = math.radians(rng.uniform(-TILT_DEG, TILT_DEG))
     stretch = np.diag(rng.uniform(0.85, 1.15, 2))
     rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     s = SUPERSAMPLE
@@ -135,7 +139,7 @@ def render_demo_image(rng: np.random.Generator, shape: str, min_short: int = 72,
     fg = np.clip(colour[None, None] + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
     img = Image.composite(Image.fromarray(fg), img, mask)
     # A stroke or two over the object: partial occlusion, as in real photos.
-    _clutter(ImageDraw.Draw(img), rng, w, h, int(rng.integers(0, 3)))
+    _clutter(ImageDraw.Draw(img), rng, w, h, int(rng.integers(OCCLUDERS[0], OCCLUDERS[1] + 1)))
     pts = np.concatenate(pts_all)
     box = (max(0, int(pts[:, 0].min())), max(0, int(pts[:, 1].min())),
            min(w - 1, int(pts[:, 0].max())), min(h - 1, int(pts[:, 1].max())))

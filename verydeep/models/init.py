@@ -3,6 +3,9 @@
 - ``gaussian``: weights ~ N(0, std) (std 0.01 by default), biases 0 (the paper's net A).
 - ``glorot`` / ``xavier``: Glorot & Bengio normal init, biases 0 (works without pre-training).
 - ``kaiming``: He et al. fan-out normal for convs (torchvision's scheme), N(0, 0.01) for FC.
+  The FC std does not follow the fan-in: right for the full 25088-4096-4096 head, but a
+  narrow head (``width`` 1/8: fan-in 256-512) then passes on a fifth of its input's scale per
+  layer, and such nets can sit at chance for many epochs; use ``glorot`` for them.
 - from a shallower net: :func:`init_from_shallower`.
 
 Batch-norm layers always start at weight 1, bias 0.

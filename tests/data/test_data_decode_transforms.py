@@ -127,10 +127,11 @@ def test_colour_shift_uses_given_eigen_basis(tmp_path):
     eigval = [0.3, 0.2, 0.05]
     cfg = DataConfig(scale_min=32, scale_max=32, crop_size=32, colour_shift=0.5, pca_eigval=eigval,
                      pca_eigvec=eigvec, normalize="mean_std", mean=[0, 0, 0], std=[1, 1, 1])
-    from verydeep.data.loaders import TrainBatches
+    from verydeep.data.loaders import TrainBatches, normalize_batch
 
-    ds = TrainBatches(cfg, [(str(path), 0)] * 4, batch_size=4, seed=5, rank=0, world_size=1)
-    images, _, _ = ds[(0, 0)]
+    ds = TrainBatches(cfg, [(str(path), 0)] * 4, batch_size=4, seed=5, rank=0, world_size=1, raw=True)
+    raw, shifts, _, _ = ds[(0, 0)]
+    images = normalize_batch(raw, shifts, ds.mean, ds.std)
     for j, idx in enumerate(ds.indices(0, 0)):
         _, shift, p = train_sample(str(path), cfg, sample_rng(5, 0, int(idx)))
         a = p.alpha

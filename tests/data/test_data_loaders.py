@@ -47,6 +47,40 @@ def test_batches_shape_and_len(samples):
     assert torch.equal(torch.cat([b[1] for b in batches]), torch.tensor([samples[i][1] for i in perm[:24]]))
 
 
+def test_workers_hand_over_uint8_and_normalisation_matches_the_cpu_formula(samples):
+    """Workers return uint8 NHWC crops; ``normalize_batch`` gives exactly the per-batch formula
+    of ``to_normalized_batch``, in either memory format (channels_last is what CUDA runs use)."""
+    import numpy as np
+
+    from verydeep.data.loaders import TrainBatches, normalize_batch
+    from verydeep.data.transforms import to_normalized_batch
+
+    ds = TrainBatches(cfg(normalize="mean_std"), samples, 4, seed=3, rank=0, world_size=1, raw=True)
+    raw, shifts, labels, bad = ds[(0, 1)]
+    assert raw.dtype == torch.uint8 and raw.shape == (4, 20, 20, 3) and shifts.shape == (4, 3)
+    expected = to_normalized_batch(raw.numpy().transpose(0, 3, 1, 2), shifts.numpy(), ds.mean, ds.std)
+    for channels_last in (False, True):
+        got = normalize_batch(raw, shifts, ds.mean, ds.std, "cpu", channels_last)
+        assert torch.equal(got, expected)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        assert got.is_contiguous(memory_format=fmt)
+    # For CPU training the worker normalises: the same values through the public API.
+    x, y, _ = epoch_batches(cfg(normalize="mean_std"), samples)[1]
+    assert torch.equal(x, expected) and torch.equal(y, labels) and not np.isnan(x.numpy()).any()
+    ds.raw = False
+    x, shifts, _, _ = ds[(0, 1)]
+    assert shifts is None and torch.equal(x, expected)
+    # The accelerator path (raw batches normalised by the loader's consumer), run on the CPU:
+    # the same batches as the CPU path, in both memory formats.
+    from verydeep.data.loaders import TrainLoader
+
+    cpu_path = epoch_batches(cfg(normalize="mean_std"), samples)
+    for channels_last in (False, True):
+        ds.raw = True
+        device_path = list(TrainLoader(ds, 0, 0, None, None, "cpu", channels_last))
+        assert_same(device_path, cpu_path)
+
+
 def test_same_seed_same_batches_other_seed_or_epoch_differs(samples):
     a = epoch_batches(cfg(), samples, seed=3)
     assert_same(a, epoch_batches(cfg(), samples, seed=3))

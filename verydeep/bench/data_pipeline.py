@@ -10,6 +10,9 @@ N-fold while cores last. Pipelines, all ending in normalised float32 batches:
   (``Resize(S)`` with random S, ``RandomCrop(224)``, flip, ``ToTensor``, ``Normalize``);
 * ours_scale_jitter: our loader, S uniform in [256, 512], crop 224, flip, colour shift,
   mean subtraction (the paper's full training transform);
+* ours_scale_jitter_worker: the same, the worker's share only: decoded, cropped uint8 batches
+  as a loader worker hands them over when training on a GPU, where the conversion to float
+  and the normalisation run (``verydeep.data.loaders.normalize_batch``);
 * ours_fixed_s256: the same at S = 256;
 * ours_random_resized_crop: our loader with the modern transform;
 * decode_only: PIL open + decode + RGB, for orientation.
@@ -80,6 +83,20 @@ def _our_loader(samples, batch_size: int, seed: int, **cfg_kwargs):
     return build_train_loader(cfg, samples, batch_size, seed=seed, epoch=0)
 
 
+class _WorkerShare:
+    """The raw batches of a ``TrainLoader`` (what its workers build), without the consumer's
+    float conversion and normalisation."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.loader.dataset.raw = True  # as for a CUDA run
+
+    def __iter__(self):
+        for b in range(len(self.loader)):
+            images, _, labels, _ = self.loader.dataset[(self.loader.epoch, b)]
+            yield images, labels
+
+
 class _DecodeOnly:
     def __init__(self, samples, batch_size):
         self.samples, self.batch_size = samples, batch_size
@@ -111,6 +128,8 @@ def run_data_pipeline_bench(images: int = 400, batch_size: int = 32, rounds: int
             "reference_scale_jitter": lambda: _reference_loader(root, batch_size, (scale_min, scale_max), crop, seed),
             "ours_scale_jitter": lambda: _our_loader(samples, batch_size, seed, scale_min=scale_min,
                                                      scale_max=scale_max, crop_size=crop),
+            "ours_scale_jitter_worker": lambda: _WorkerShare(_our_loader(samples, batch_size, seed, scale_min=scale_min,
+                                                                         scale_max=scale_max, crop_size=crop)),
             "ours_fixed_s256": lambda: _our_loader(samples, batch_size, seed, scale_min=256, scale_max=256,
                                                    crop_size=crop),
             "ours_random_resized_crop": lambda: _our_loader(samples, batch_size, seed, train_transform="random_resized_crop",

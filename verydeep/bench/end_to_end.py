@@ -98,8 +98,8 @@ def our_loader(root: Path, cfg: E2EBenchConfig, device: torch.device, epoch: int
     dcfg = DataConfig(root=str(root), scale_min=cfg.scale_min, scale_max=cfg.scale_max, crop_size=cfg.crop_size,
                       workers=cfg.workers, persistent_workers=False, index_cache=str(root / ".index"))
     samples = discover(dcfg).train
-    return build_train_loader(dcfg, samples, cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                              device_type=device.type)
+    return build_train_loader(dcfg, samples, cfg.batch_size, seed=cfg.seed, epoch=epoch, device=device,
+                              channels_last=device.type == "cuda")
 
 
 def ensure_jpegs(cfg: E2EBenchConfig, root: Path) -> Path:

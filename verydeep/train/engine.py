@@ -213,7 +213,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> TrainRes
             loader = build_train_loader(cfg.data, splits.train, per_process, seed=cfg.train.seed, epoch=epoch,
                                         start_batch=batch_in_epoch, rank=strategy.data_rank,
                                         world_size=strategy.data_world,
-                                        device_type=dist.device.type)
+                                        device=dist.device, channels_last=channels_last)
             progress = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.train.epochs}", dist.is_main,
                                 initial=batch_in_epoch, every=cfg.train.log_every)
             epoch_bad = 0
@@ -225,10 +225,6 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> TrainRes
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 torch.manual_seed(_step_seed(cfg.train.seed, step, dist.rank))
-                images = images.to(dist.device, non_blocking=True)
-                labels = labels.to(dist.device, non_blocking=True)
-                if channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
                 loss = _forward_backward(strategy, images, labels, amp_dtype, scaler, cfg.train.label_smoothing)
                 if not torch.isfinite(loss):
                     if cfg.train.nonfinite == "skip":

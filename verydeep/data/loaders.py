@@ -30,7 +30,8 @@ from verydeep.data.config import DataConfig
 from verydeep.data.decode import image_size
 from verydeep.data.errors import BadImageError, DataError
 from verydeep.data.index_cache import default_cache_dir
-from verydeep.data.transforms import eval_geometry, load_eval_image, normalization, to_normalized_batch, train_sample
+from verydeep.data.transforms import (eval_geometry, load_eval_image, normalization, normalize_, to_normalized_batch,
+                                      train_sample)
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,9 @@ class TrainBatches(Dataset):
 
 def normalize_batch(images: torch.Tensor, shifts: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                     device: torch.device | str = "cpu", channels_last: bool = False) -> torch.Tensor:
-    """uint8 NHWC batch + per-image RGB shifts -> float32 [B, 3, H, W] on ``device``:
-    ``(x / 255 + shift - mean) / std``, the same arithmetic as ``to_normalized_batch``.
+    """uint8 NHWC batch + per-image RGB shifts -> float32 [B, 3, H, W] on ``device``,
+    normalised by :func:`~verydeep.data.transforms.normalize_` (the arithmetic of every other
+    batch of the project).
 
     The uint8 batch is copied to the device first; the conversion writes straight into the
     requested memory format (channels_last: NHWC is already that layout, a plain conversion)."""
@@ -125,10 +127,7 @@ def normalize_batch(images: torch.Tensor, shifts: torch.Tensor, mean: torch.Tens
         out.copy_(x)
     else:  # transpose the bytes first: a strided uint8 -> float copy is the slow way round
         out = x.contiguous().float()
-    mean, std = mean.to(device), std.to(device)
-    scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1)
-    offset = ((shifts.to(device, non_blocking=True) - mean) / std).view(-1, 3, 1, 1)
-    return out.mul_(scale).add_(offset)
+    return normalize_(out, shifts, mean, std)
 
 
 class _BatchSampler(Sampler):

@@ -5,7 +5,7 @@ Where things happen, in the paper's words:
 * training scale S: ``sample_scale`` draws it (fixed, or uniform in [scale_min, scale_max]);
 * the random 224 crop of the image rescaled to S: ``scale_jitter_params``;
 * random RGB colour shift (Krizhevsky et al.): ``colour_shift_rgb``;
-* mean RGB subtraction / mean-std normalisation: ``normalization`` and ``to_normalized_batch``;
+* mean RGB subtraction / mean-std normalisation: ``normalization``, ``normalize_`` and ``to_normalized_batch``;
 * test scale Q and the centre crop or whole image: ``eval_geometry`` and ``eval_resize``.
 
 Speed: the crop is cut from the *decoded* image and resized in one step
@@ -171,13 +171,21 @@ def train_sample(path, cfg: DataConfig, rng: np.random.Generator) -> tuple[np.nd
     return out, shift.astype(np.float32), CropParams(s, resized, offset, box, flip, alpha)
 
 
-def to_normalized_batch(images: np.ndarray, shifts: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, 3, H, W] + per-image RGB shifts [B, 3] -> float32 [B, 3, H, W]:
-    (x / 255 + shift - mean) / std, as one conversion and one multiply-add over the batch."""
-    out = torch.from_numpy(np.ascontiguousarray(images)).float()
+def normalize_(x: torch.Tensor, shifts: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """In place on float32 pixel values ``x`` [B, 3, H, W] in 0..255 (any memory format, any
+    device): (x / 255 + shift - mean) / std with per-image RGB ``shifts`` [B, 3], as one
+    multiply and one add over the batch. Returns ``x``."""
+    mean, std = mean.to(x.device), std.to(x.device)
     scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1)
-    offset = ((torch.from_numpy(np.ascontiguousarray(shifts, dtype=np.float32)) - mean) / std).view(-1, 3, 1, 1)
-    return out.mul_(scale).add_(offset)
+    offset = ((shifts.to(x.device, non_blocking=True) - mean) / std).view(-1, 3, 1, 1)
+    return x.mul_(scale).add_(offset)
+
+
+def to_normalized_batch(images: np.ndarray, shifts: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 3, H, W] + per-image RGB shifts [B, 3] -> float32 [B, 3, H, W], normalised
+    (:func:`normalize_`)."""
+    out = torch.from_numpy(np.ascontiguousarray(images)).float()
+    return normalize_(out, torch.from_numpy(np.ascontiguousarray(shifts, dtype=np.float32)), mean, std)
 
 
 # ----------------------------------------------------------------------------- evaluation

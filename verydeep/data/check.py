@@ -20,10 +20,10 @@ def _check_one(path: str) -> tuple[str, str | None]:
 
 def check_images(paths, workers: int = 0, progress: bool = True, desc: str = "checking images") -> list[tuple[str, str]]:
     """Fully decode each file; returns (path, reason) of every one that fails, in input order."""
-    from tqdm import tqdm
+    from verydeep.progress import progress_bar
 
     paths = [str(p) for p in paths]
-    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress)
+    bar = progress_bar(total=len(paths), desc=desc, unit="img", disable=not progress)
     results = {}
     if workers > 0 and len(paths) > 64:
         with get_context("fork" if os.name == "posix" else "spawn").Pool(workers) as pool:

@@ -149,13 +149,13 @@ def render_demo_image(rng: np.random.Generator, shape: str, min_short: int = 72,
 def make_demo_dataset(out_dir, seed: int = 0, train_per_class: int = 240, val_per_class: int = 60,
                       min_short: int = 72, max_short: int = 128, quality: int = 90, progress: bool = True) -> dict:
     """Write the demo dataset to ``out_dir`` (see module doc); returns counts and paths."""
-    from tqdm import tqdm
+    from verydeep.progress import progress_bar
 
     out = Path(out_dir)
     (out / "val").mkdir(parents=True, exist_ok=True)
     n_classes = len(DEMO_CLASSES)
     total = n_classes * (train_per_class + val_per_class)
-    bar = tqdm(total=total, desc="demo images", unit="img", disable=not progress)
+    bar = progress_bar(total=total, desc="demo images", unit="img", disable=not progress)
     for c, (wnid, name) in enumerate(DEMO_CLASSES):
         d = out / "train" / wnid
         d.mkdir(parents=True, exist_ok=True)

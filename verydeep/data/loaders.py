@@ -236,7 +236,7 @@ def build_train_loader(cfg: DataConfig, samples: Sequence[tuple[str, int]], batc
 
 def image_sizes(paths: Sequence[str], cache_dir=None, progress: bool = True) -> list[tuple[int, int] | None]:
     """(width, height) of each image from its header (None if unreadable), cached on disk."""
-    from tqdm import tqdm
+    from verydeep.progress import progress_bar
 
     dirs = sorted({os.path.dirname(p) for p in paths})
     stamp = [os.stat(d).st_mtime_ns if os.path.isdir(d) else 0 for d in dirs]
@@ -248,7 +248,7 @@ def image_sizes(paths: Sequence[str], cache_dir=None, progress: bool = True) -> 
             return [tuple(s) if s else None for s in sizes]
     except (OSError, ValueError):
         pass
-    it = tqdm(paths, desc="reading image sizes", unit="img", disable=not progress or len(paths) < 2000, leave=False)
+    it = progress_bar(paths, desc="reading image sizes", unit="img", disable=not progress or len(paths) < 2000, leave=False)
     sizes = [image_size(p) for p in it]
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)

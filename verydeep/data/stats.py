@@ -36,7 +36,7 @@ def _moments(args) -> tuple[np.ndarray, np.ndarray, int] | None:
 def compute_stats(paths, num_images: int = 10000, seed: int = 0, short_side: int = 64, workers: int = 0,
                   progress: bool = True) -> dict:
     """Mean, std and PCA of the RGB pixels of ``num_images`` images drawn (seeded) from ``paths``."""
-    from tqdm import tqdm
+    from verydeep.progress import progress_bar
 
     paths = list(paths)
     if not paths:
@@ -45,7 +45,7 @@ def compute_stats(paths, num_images: int = 10000, seed: int = 0, short_side: int
     chosen = [paths[i] for i in sorted(rng.choice(len(paths), size=min(num_images, len(paths)), replace=False))]
     s, ss, n, used, bad = np.zeros(3), np.zeros((3, 3)), 0, 0, 0
     jobs = [(p, short_side) for p in chosen]
-    bar = tqdm(total=len(jobs), desc="pixel statistics", unit="img", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc="pixel statistics", unit="img", disable=not progress)
     pool = get_context("fork" if os.name == "posix" else "spawn").Pool(workers) if workers > 0 else None
     try:
         results = pool.imap(_moments, jobs, chunksize=16) if pool else map(_moments, jobs)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from tqdm import tqdm
+from verydeep.progress import progress_bar
 
 from verydeep.evaluate import protocols
 from verydeep.evaluate.checkpoints import EvalNet, as_eval_nets
@@ -188,7 +188,7 @@ def evaluate_rows(nets, data_cfg, samples: Sequence, rows: Sequence[RowSpec], *,
             seen: set[int] = set()
             desc = f"{'+'.join(kinds)} Q={q}" + (f" ({len(members)} nets)" if len(members) > 1 else "")
             total = len(loader) if hasattr(loader, "__len__") else None
-            bar = tqdm(loader, total=total, desc=desc, unit="batch", leave=False,
+            bar = progress_bar(loader, total=total, desc=desc, unit="batch", leave=False,
                        disable=not (progress and dist.is_main))
             t_read = time.perf_counter()
             for images, _labels, indices, bad_batch in bar:

@@ -201,8 +201,8 @@ def build_train_loader(cfg: DataConfig, samples: Sequence[tuple[str, int]], batc
     """Batches of ``(images float32 [B, 3, crop, crop] normalised, labels int64 [B], bad paths)``
     for ``epoch``, starting at batch ``start_batch``, images and labels on ``device``
     (workers decode and crop; for an accelerator the conversion to float and the normalisation
-    run on it, see :func:`normalize_batch`). ``batch_size`` is per process; the last incomplete global batch
-    is dropped so every rank has the same number of batches."""
+    run on it, see :func:`normalize_batch`). ``batch_size`` is per process; the last incomplete
+    global batch is dropped so every rank has the same number of batches."""
     device = torch.device(device)
     device_type = device.type
     if batch_size < 1:
@@ -215,20 +215,19 @@ def build_train_loader(cfg: DataConfig, samples: Sequence[tuple[str, int]], batc
     if not 0 <= start_batch <= len(dataset):
         raise ValueError(f"start_batch {start_batch} outside the epoch's {len(dataset)} batches")
     if cfg.workers == 0:
-        return TrainLoader(dataset, epoch, start_batch, None, None, device, channels_last)
-    if cfg.persistent_workers:
+        loader = sampler = None
+    elif cfg.persistent_workers:
         key = (id(samples), len(samples), repr(cfg), batch_size, seed, rank, world_size, device_type)
-        if _persistent.get("key") == key:
-            return TrainLoader(_persistent["dataset"], epoch, start_batch, _persistent["loader"], _persistent["sampler"],
-                               device, channels_last)
-        _persistent.clear()  # the previous loader's workers exit when it is collected
+        if _persistent.get("key") != key:
+            _persistent.clear()  # the previous loader's workers exit when it is collected
+            sampler = _BatchSampler(len(dataset))
+            loader = _dataloader(dataset, sampler, cfg, device_type, persistent=True)
+            _persistent.update(key=key, dataset=dataset, loader=loader, sampler=sampler, samples=samples)
+        dataset, loader, sampler = _persistent["dataset"], _persistent["loader"], _persistent["sampler"]
+    else:
         sampler = _BatchSampler(len(dataset))
-        loader = _dataloader(dataset, sampler, cfg, device_type, persistent=True)
-        _persistent.update(key=key, dataset=dataset, loader=loader, sampler=sampler, samples=samples)
-        return TrainLoader(dataset, epoch, start_batch, loader, sampler, device, channels_last)
-    sampler = _BatchSampler(len(dataset))
-    return TrainLoader(dataset, epoch, start_batch, _dataloader(dataset, sampler, cfg, device_type, False), sampler,
-                       device, channels_last)
+        loader = _dataloader(dataset, sampler, cfg, device_type, persistent=False)
+    return TrainLoader(dataset, epoch, start_batch, loader, sampler, device, channels_last)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -248,7 +247,8 @@ def image_sizes(paths: Sequence[str], cache_dir=None, progress: bool = True) -> 
             return [tuple(s) if s else None for s in sizes]
     except (OSError, ValueError):
         pass
-    it = progress_bar(paths, desc="reading image sizes", unit="img", disable=not progress or len(paths) < 2000, leave=False)
+    it = progress_bar(paths, desc="reading image sizes", unit="img", leave=False,
+                      disable=not progress or len(paths) < 2000)
     sizes = [image_size(p) for p in it]
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,8 @@ def prepare_dataset(src, dst, max_short_side: int = 512, quality: int = 90, work
                 jobs.append((os.path.join(dirpath, f), os.path.join(dst, rel, f), max_short_side, quality))
     counts = {"resized": 0, "copied": 0, "skipped": 0, "bad": 0}
     bad = []
-    bar = progress_bar(total=len(jobs), desc=f"prepare (shorter side <= {max_short_side})", unit="file", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc=f"prepare (shorter side <= {max_short_side})", unit="file",
+                       disable=not progress)
     pool = get_context("fork" if os.name == "posix" else "spawn").Pool(workers) if workers > 0 else None
     try:
         for status, path in (pool.imap_unordered(_prepare_one, jobs, chunksize=32) if pool else map(_prepare_one, jobs)):

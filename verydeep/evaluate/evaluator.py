@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from verydeep.progress import progress_bar
 
 from verydeep.evaluate import protocols
 from verydeep.evaluate.checkpoints import EvalNet, as_eval_nets
@@ -29,6 +28,7 @@ from verydeep.evaluate.crops import GRID, crops_per_image
 from verydeep.evaluate.fusion import class_permutation
 from verydeep.evaluate.metrics import topk_hits
 from verydeep.parallel.distributed import all_reduce_sum, current, resolve_device
+from verydeep.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def evaluate_rows(nets, data_cfg, samples: Sequence, rows: Sequence[RowSpec], *,
             desc = f"{'+'.join(kinds)} Q={q}" + (f" ({len(members)} nets)" if len(members) > 1 else "")
             total = len(loader) if hasattr(loader, "__len__") else None
             bar = progress_bar(loader, total=total, desc=desc, unit="batch", leave=False,
-                       disable=not (progress and dist.is_main))
+                               disable=not (progress and dist.is_main))
             t_read = time.perf_counter()
             for images, _labels, indices, bad_batch in bar:
                 wait = time.perf_counter() - t_read

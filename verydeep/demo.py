@@ -13,7 +13,7 @@ def run_demo(out: str = "runs/demo", data: str = "data/demo", config: str | None
              overrides: list[str] | None = None, resume: bool = False) -> int:
     from verydeep.config import load_config
     from verydeep.data import make_demo_dataset
-    from verydeep.train import train
+    from verydeep.train.engine import train
 
     data_dir = Path(data)
     if not (data_dir / "train").is_dir():

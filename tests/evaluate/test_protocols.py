@@ -3,7 +3,7 @@ import torch
 
 from verydeep.evaluate import protocols
 from verydeep.evaluate.fusion import average_posteriors, class_permutation
-from verydeep.evaluate.metrics import per_class_accuracy, topk_error, topk_hits
+from verydeep.topk import per_class_accuracy, topk_error, topk_hits
 from verydeep.models import create_model, fully_convolutional
 
 pytestmark = pytest.mark.usefixtures("no_grad")

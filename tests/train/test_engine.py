@@ -11,7 +11,7 @@ from torch import nn
 
 from verydeep.config import load_config
 from verydeep.models import create_model
-from verydeep.train import NonFiniteLossError, train
+from verydeep.train.engine import NonFiniteLossError, train
 from verydeep.train import engine
 from verydeep.train.checkpoint import load_checkpoint
 

@@ -7,6 +7,7 @@ timed loop itself runs as it would in training.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -56,6 +57,24 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
         return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
     except KeyError:
         raise ValueError(f"amp must be auto, none, bf16 or fp16, got {mode!r}") from None
+
+
+@contextlib.contextmanager
+def backend_flags(device: torch.device, *, benchmark: bool, tf32: bool):
+    """cuDNN/matmul flags are process-global: set them per variant and put them back."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cudnn.benchmark = benchmark
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    if tf32:
+        torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+         torch.backends.cudnn.allow_tf32) = saved
 
 
 def synchronize(device: torch.device) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from verydeep.bench.common import (
+    backend_flags,
     BenchResult,
     forward_macs,
     peak_memory_mb,
@@ -116,7 +117,7 @@ def _count_images(root: Path) -> tuple[int, int]:
 
 
 def run_e2e_bench(cfg: E2EBenchConfig) -> list[BenchResult]:
-    from verydeep.bench.train_step import OurStep, RefStep, TrainBenchConfig, _backend_flags, parse_variant
+    from verydeep.bench.train_step import OurStep, RefStep, TrainBenchConfig, parse_variant
 
     device = resolve_device(cfg.device)
     variants = [v.strip() for v in cfg.variants.split(",") if v.strip()]
@@ -142,7 +143,7 @@ def run_e2e_bench(cfg: E2EBenchConfig) -> list[BenchResult]:
             for name, base, opts in parsed:
                 torch.manual_seed(cfg.seed)
                 ours = base == "ours"
-                with _backend_flags(device, benchmark=ours, tf32=ours):
+                with backend_flags(device, benchmark=ours, tf32=ours):
                     step = OurStep(tcfg, device, opts) if ours else RefStep(tcfg, device)
                     loader = (our_loader if ours else reference_loader)(root, cfg, device, epoch)
                     batches = iter(loader)

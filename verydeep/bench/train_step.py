@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from verydeep.bench.common import (
+    backend_flags,
     BenchResult,
     amp_dtype,
     forward_macs,
@@ -78,24 +79,6 @@ def parse_variant(name: str) -> tuple[str, set[str]]:
     if unknown or (base == "reference" and opts):
         raise ValueError(f"variant {name!r}: options are for 'ours' only and must be among {', '.join(OPTIONS)}")
     return base, set(opts)
-
-
-@contextlib.contextmanager
-def _backend_flags(device: torch.device, *, benchmark: bool, tf32: bool):
-    """cuDNN/matmul flags are process-global: set them per variant and put them back."""
-    if device.type != "cuda":
-        yield
-        return
-    saved = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cudnn.benchmark = benchmark
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    if tf32:
-        torch.backends.cudnn.allow_tf32 = True
-    try:
-        yield
-    finally:
-        (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
-         torch.backends.cudnn.allow_tf32) = saved
 
 
 def forward_backward_slices(net, images, labels, accum, amp, scaler, label_smoothing, *,
@@ -258,7 +241,7 @@ def run_train_bench(cfg: TrainBenchConfig) -> list[BenchResult]:
         for name, base, opts in parsed:
             torch.manual_seed(cfg.seed)
             ours = base == "ours"
-            with _backend_flags(device, benchmark=ours, tf32=ours):
+            with backend_flags(device, benchmark=ours, tf32=ours):
                 step = OurStep(cfg, device, opts) if ours else RefStep(cfg, device)
                 reset_peak_memory(device)
                 _, _, rates = time_steps(lambda: step(images, labels), device=device, steps=cfg.steps,

@@ -39,7 +39,7 @@ def _overrides(args) -> list[str]:
 
 def run_train(args: argparse.Namespace) -> int:
     from verydeep.config import load_config
-    from verydeep.train import train
+    from verydeep.train.engine import train
 
     cfg = load_config(args.config, _overrides(args))
     out = args.out or str(Path("runs") / Path(args.config).stem)

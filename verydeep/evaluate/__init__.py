@@ -7,7 +7,7 @@ from verydeep.evaluate.checkpoints import EvalNet, as_eval_nets, load_eval_net
 from verydeep.evaluate.crops import crop_positions, grid_offsets, multicrop_grid
 from verydeep.evaluate.evaluator import EvalResult, RowSpec, default_scales, evaluate, evaluate_rows
 from verydeep.evaluate.fusion import average_posteriors
-from verydeep.evaluate.metrics import per_class_accuracy, topk_error, topk_hits
+from verydeep.topk import per_class_accuracy, topk_error, topk_hits
 from verydeep.evaluate.protocols import PROTOCOLS, center, dense_scores, multicrop
 
 __all__ = [

@@ -26,7 +26,7 @@ from verydeep.evaluate import protocols
 from verydeep.evaluate.checkpoints import EvalNet, as_eval_nets
 from verydeep.evaluate.crops import GRID, crops_per_image
 from verydeep.evaluate.fusion import class_permutation
-from verydeep.evaluate.metrics import topk_hits
+from verydeep.topk import topk_hits
 from verydeep.parallel.distributed import all_reduce_sum, current, resolve_device
 from verydeep.progress import progress_bar
 

@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from verydeep.evaluate.metrics import per_class_accuracy
+from verydeep.topk import per_class_accuracy
 
 ROW_KEYS = ("protocol", "scales", "top1_error", "top5_error", "images", "images_per_s")
 

@@ -1,11 +1,5 @@
-"""Training: the loop, optimisers and schedules, checkpoints, metrics and plots."""
+"""Training: the loop, optimisers and schedules, checkpoints, metrics and plots.
 
-__all__ = ["train", "TrainResult", "NonFiniteLossError"]
-
-
-def __getattr__(name):  # lazy: importing a submodule (e.g. checkpoint) does not load the engine
-    if name in __all__:
-        from verydeep.train import engine
-
-        return getattr(engine, name)
-    raise AttributeError(name)
+The entry point is :func:`verydeep.train.engine.train`. This package's ``__init__`` imports
+nothing, so the section config (``verydeep.train.config``) loads without the loop.
+"""

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from verydeep.data import build_eval_loader
-from verydeep.evaluate.metrics import topk_hits
+from verydeep.topk import topk_hits
 from verydeep.parallel.strategy import ParallelStrategy
 
 

@@ -1,4 +1,5 @@
-"""Top-k error and per-class accuracy, from class posteriors (or scores) and labels.
+"""Top-k error (the paper's top-1 / top-5 error) and per-class accuracy, from class
+posteriors (or scores) and labels. Shared by validation during training and by evaluation.
 
 Errors are in percent, as in the paper's tables. An image that could not be decoded has no
 posterior; it counts as wrong at every k (it stays in the denominator).

@@ -1,0 +1,104 @@
+"""The runtime policy: which device, which AMP dtype, which memory format, one autocast.
+
+Decided once per process from the run's settings and passed to training, validation,
+evaluation and the benchmarks, so a run's ``amp: none`` means fp32 everywhere it computes.
+
+- device ``auto``: CUDA when torch sees it (this process's local-rank GPU), else CPU;
+  ``cuda:N`` names one GPU.
+- AMP ``auto``: bf16 on CUDA (no loss scaling needed), full precision on CPU, where autocast
+  is slower than fp32 for convolutions.
+- channels_last ``None`` (auto): on CUDA, where cuDNN's NHWC kernels are the fast ones for
+  convolutions under AMP; off on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+AMP_MODES = ("auto", "none", "bf16", "fp16")
+
+
+def resolve_device(name: str | torch.device | None = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` (this process's local-rank GPU) | ``cuda:N``."""
+    if isinstance(name, torch.device):
+        return name
+    name = name or "auto"
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type != "cuda":
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but torch sees no CUDA device")
+    count = torch.cuda.device_count()
+    index = local_rank % count if device.index is None else device.index
+    if index >= count:
+        raise ValueError(f"device {name!r}: only {count} CUDA device(s) visible")
+    return torch.device("cuda", index)
+
+
+def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``mode`` on ``device`` (None: full precision)."""
+    if mode == "auto":
+        mode = "bf16" if device.type == "cuda" else "none"
+    try:
+        return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+    except KeyError:
+        raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {mode!r}") from None
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    """The autocast context for ``amp_dtype`` (a no-op context for full precision)."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp_dtype)
+
+
+def configure_backends(device: torch.device, cudnn_benchmark: bool = True) -> None:
+    """cuDNN autotuning and TF32 matmuls on CUDA (what torchvision's reference script enables)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Device, AMP dtype and memory format of one process, built by :func:`build_runtime`."""
+
+    device: torch.device = torch.device("cpu")
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    def autocast(self):
+        return autocast(self.device, self.amp_dtype)
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` on this device, in this memory format (in place, returned)."""
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on this device, in this memory format."""
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def build_runtime(device: str | torch.device | None = "auto", amp: str = "auto",
+                  channels_last: bool | None = None, local_rank: int = 0) -> Runtime:
+    """The policy for one process from the run's ``device``, ``amp`` and ``channels_last``."""
+    dev = resolve_device(device, local_rank)
+    cl = dev.type == "cuda" if channels_last is None else bool(channels_last)
+    return Runtime(device=dev, amp_dtype=resolve_amp(amp, dev), channels_last=cl)

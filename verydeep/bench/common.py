@@ -18,6 +18,10 @@ from typing import Callable
 
 import torch
 
+from verydeep.models.complexity import forward_macs  # noqa: F401  (the benchmarks' FLOP accounting)
+from verydeep.runtime import resolve_amp as amp_dtype  # noqa: F401  (one AMP policy for runs and benchmarks)
+from verydeep.runtime import resolve_device  # noqa: F401
+
 
 @dataclass
 class BenchResult:
@@ -38,25 +42,6 @@ class BenchResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def resolve_device(name: str | None) -> torch.device:
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
-    return device
-
-
-def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """``auto``: bf16 on CUDA, full precision on CPU (as the training loop decides)."""
-    if mode == "auto":
-        mode = "bf16" if device.type == "cuda" else "none"
-    try:
-        return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
-    except KeyError:
-        raise ValueError(f"amp must be auto, none, bf16 or fp16, got {mode!r}") from None
 
 
 @contextlib.contextmanager
@@ -135,48 +120,20 @@ def time_steps(step: Callable[[], object], *, device: torch.device, steps: int, 
     return statistics.median(rates), statistics.median(ms), rates
 
 
-def training_tflops(forward_macs: int, images_per_s: float) -> float:
+def training_tflops(macs: int, images_per_s: float) -> float:
     """Achieved TFLOP/s of training: forward + backward = 3 forward passes, 2 FLOP per MAC."""
-    return 3 * 2 * forward_macs * images_per_s / 1e12
+    return 3 * 2 * macs * images_per_s / 1e12
 
 
-def inference_tflops(forward_macs: int, images_per_s: float) -> float:
-    return 2 * forward_macs * images_per_s / 1e12
-
-
-def forward_macs(model: torch.nn.Module, image_size: int | tuple[int, int]) -> int:
-    """Multiply-accumulates of one forward pass of one image (convs and FC layers)."""
-    from torch import nn
-
-    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-    total = 0
-
-    def hook(m, inp, out):
-        nonlocal total
-        if isinstance(m, nn.Conv2d):
-            total += out[0].numel() * m.in_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
-        elif isinstance(m, nn.Linear):
-            total += out[0].numel() * m.in_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    p = next(model.parameters())
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, h, w, device=p.device, dtype=p.dtype))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    return total
+def inference_tflops(macs: int, images_per_s: float) -> float:
+    return 2 * macs * images_per_s / 1e12
 
 
 def machine_info(device: torch.device) -> dict:
     info = {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
@@ -196,7 +153,7 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

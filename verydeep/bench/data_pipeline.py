@@ -20,34 +20,21 @@ N-fold while cores last. Pipelines, all ending in normalised float32 batches:
 Pipelines alternate over ``rounds`` and the best round counts, so a neighbour's burst on a
 shared machine hurts all alike and the least disturbed figure is kept.
 
-    python -m verydeep.bench.data_pipeline --images 400 --rounds 3
+    verydeep bench data --images 400 --repeats 3
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import random
-import subprocess
 import tempfile
 import time
 from datetime import datetime, timezone
 
 import torch
 
+from verydeep.bench.common import cpu_model
 from verydeep.bench.jpeg_files import write_jpeg_files
-
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def _time_loader(loader, n_images: int) -> float:
@@ -156,7 +143,7 @@ def run_data_pipeline_bench(images: int = 400, batch_size: int = 32, rounds: int
             "ratio_scale_jitter_vs_reference_scale_jitter": round(best["ours_scale_jitter"] / best["reference_scale_jitter"], 2),
             "setup": {"images": images, "size": "500x375", "jpeg_quality": 90, "batch_size": batch_size,
                       "scale": [scale_min, scale_max], "crop": crop, "threads": threads, "rounds": rounds},
-            "machine": {"cpu": _cpu_model(), "cores": torch.multiprocessing.cpu_count() if hasattr(torch.multiprocessing, "cpu_count") else None,
+            "machine": {"cpu": cpu_model(), "cores": torch.multiprocessing.cpu_count() if hasattr(torch.multiprocessing, "cpu_count") else None,
                         "python": platform.python_version(), "torch": torch.__version__,
                         "pillow": __import__("PIL").__version__},
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
@@ -164,39 +151,3 @@ def run_data_pipeline_bench(images: int = 400, batch_size: int = 32, rounds: int
     finally:
         if tmp is not None:
             tmp.cleanup()
-
-
-def format_report(r: dict) -> str:
-    lines = [f"{'pipeline':<28}{'images/s/worker':>16}{'vs reference':>14}"]
-    ref = r["images_per_s_per_worker"]["reference"]
-    for k, v in r["images_per_s_per_worker"].items():
-        lines.append(f"{k:<28}{v:>16.1f}{v / ref:>13.2f}x")
-    m = r["machine"]
-    lines.append(f"{r['date']}, {m['cpu']}, {r['setup']['threads']} thread(s), {r['setup']['images']} JPEGs "
-                 f"{r['setup']['size']} q{r['setup']['jpeg_quality']}, best of {r['setup']['rounds']} rounds")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", type=int, default=400)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--scale-min", type=int, default=256)
-    p.add_argument("--scale-max", type=int, default=512)
-    p.add_argument("--crop", type=int, default=224)
-    p.add_argument("--data-dir", help="where the benchmark JPEGs are written (kept); default a temp folder")
-    p.add_argument("--json", help="also write the result as JSON here")
-    args = p.parse_args(argv)
-    r = run_data_pipeline_bench(images=args.images, batch_size=args.batch_size, rounds=args.rounds,
-                                scale_min=args.scale_min, scale_max=args.scale_max, crop=args.crop,
-                                data_dir=args.data_dir)
-    print(format_report(r))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(r, f, indent=2)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

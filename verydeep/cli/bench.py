@@ -77,7 +77,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--images", type=int, help="JPEG files to generate (default 400)")
     d.add_argument("--batch-size", type=int)
     d.add_argument("--data-dir", help="where the JPEGs live (made if missing)")
+    d.add_argument("--scale-min", type=int, help="scale jittering S range (default 256)")
+    d.add_argument("--scale-max", type=int, help="(default 512)")
+    d.add_argument("--crop-size", type=int, help="training crop (default 224)")
     d.set_defaults(func=run_data)
+
+    m = bsub.add_parser("parallel", help="training images/s of each parallel mode on CPU processes (gloo), "
+                                         "1 vs N processes")
+    m.add_argument("--model", default="A", help="configuration or registry name")
+    m.add_argument("--width", type=float, default=0.25, help="channel width multiplier")
+    m.add_argument("--crop", type=int, default=64, help="input size")
+    m.add_argument("--batch-size", type=int, default=32, help="global batch")
+    m.add_argument("--steps", type=int, default=8, help="timed steps (after 2 warm-up steps)")
+    m.add_argument("--world", type=int, default=2, help="processes of the parallel modes")
+    m.add_argument("--microbatches", type=int, default=4, help="pipeline micro-batches")
+    m.add_argument("--threads", type=int, default=1, help="intra-op threads per process")
+    m.add_argument("--timeout", type=float, default=600, help="seconds per mode")
+    m.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    m.set_defaults(func=run_parallel)
 
     a = bsub.add_parser("all", help="train, eval, e2e and data in one run, one table")
     _common(a)
@@ -207,7 +224,8 @@ def _data_results(args, device):
     from verydeep.bench.data_pipeline import run_data_pipeline_bench
 
     kwargs = _overrides(args, {"images": "images", "batch_size": "batch_size", "data_dir": "data_dir",
-                               "repeats": "rounds"})
+                               "repeats": "rounds", "scale_min": "scale_min", "scale_max": "scale_max",
+                               "crop_size": "crop"})
     report = run_data_pipeline_bench(**kwargs)
     batch = report["setup"]["batch_size"]
     # Each of ours is compared with the reference doing the same kind of transform.
@@ -225,6 +243,22 @@ def _data_results(args, device):
 def run_data(args) -> int:
     device = _setup(args)
     return _finish(args, device, _data_results(args, device), {"data": {"argv": sys.argv[1:]}})
+
+
+def run_parallel(args) -> int:
+    import json
+    from pathlib import Path
+
+    from verydeep.bench.parallel import ParallelBenchConfig, run_parallel_bench
+
+    cfg = ParallelBenchConfig(model=args.model, width=args.width, crop=args.crop, batch=args.batch_size,
+                              steps=args.steps, world=args.world, microbatches=args.microbatches,
+                              threads=args.threads, timeout=args.timeout)
+    rows = run_parallel_bench(cfg, echo=lambda line: print(line, flush=True))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"config": dataclasses.asdict(cfg), "results": rows}, indent=2))
+    return 0
 
 
 def run_all(args) -> int:

@@ -19,39 +19,20 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from verydeep.models import count_parameters, create_model, list_models, resolve
+    from verydeep.models.complexity import forward_macs
 
     names = [args.name] if args.name else list_models()
     print(f"{'name':<14}{'config':<8}{'bn':<5}{'params':>14}{'GMACs':>9}  output")
     for name in names:
         config, bn = resolve(name)
-        model = create_model(name, num_classes=args.num_classes, width=args.width,
-                             head_size=max(1, args.image_size // 32)).eval()
-        macs = _count_macs(model, args.image_size)
-        with torch.no_grad():
-            out = model(torch.zeros(1, 3, args.image_size, args.image_size))
+        # Shapes are all a summary needs: build on the meta device (no memory, no init cost).
+        with torch.device("meta"):
+            model = create_model(name, num_classes=args.num_classes, width=args.width,
+                                 head_size=max(1, args.image_size // 32)).eval()
+            with torch.no_grad():
+                out = model(torch.empty(1, 3, args.image_size, args.image_size))
+        macs = forward_macs(model, args.image_size)
         print(f"{name:<14}{config:<8}{str(bn):<5}{count_parameters(model):>14,}{macs / 1e9:>9.2f}  {tuple(out.shape)}")
         if args.layers:
             print(model)
     return 0
-
-
-def _count_macs(model, size: int) -> int:
-    """Multiply-accumulates of one forward pass (convs and FC layers)."""
-    import torch
-    from torch import nn
-
-    total = 0
-
-    def hook(m, inp, out):
-        nonlocal total
-        if isinstance(m, nn.Conv2d):
-            total += out.numel() * m.in_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
-        elif isinstance(m, nn.Linear):
-            total += out.numel() * m.in_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():
-        model(torch.zeros(1, 3, size, size))
-    for h in handles:
-        h.remove()
-    return total

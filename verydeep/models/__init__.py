@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from verydeep.models.fully_convolutional import FullyConvolutionalVGG, fully_convolutional
+from verydeep.models.complexity import forward_macs
 from verydeep.models.config import DEFAULT_INIT, ModelConfig
+from verydeep.models.fully_convolutional import FullyConvolutionalVGG, fully_convolutional
 from verydeep.models.init import init_from_shallower, initialise, shallower_mapping
-from verydeep.models.registry import list_models, model_name, resolve
+from verydeep.models.registry import list_models, resolve
 from verydeep.models.vgg import VGG, VGGSpec
 from verydeep.models.weights import (
     caffe_bgr_to_rgb,
@@ -37,7 +38,7 @@ def count_parameters(model) -> int:
 
 __all__ = [
     "VGG", "VGGSpec", "FullyConvolutionalVGG", "create_model", "fully_convolutional",
-    "initialise", "init_from_shallower", "shallower_mapping", "list_models", "model_name",
+    "initialise", "init_from_shallower", "shallower_mapping", "list_models",
     "resolve", "save_weights", "read_weights", "load_model", "infer_spec", "caffe_bgr_to_rgb",
-    "count_parameters",
+    "count_parameters", "forward_macs", "ModelConfig",
 ]

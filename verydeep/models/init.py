@@ -30,7 +30,8 @@ SCHEMES = ("gaussian", "glorot", "xavier", "kaiming")
 def initialise(model: nn.Module, scheme: str = DEFAULT_INIT, std: float = 0.01,
                generator: torch.Generator | None = None) -> nn.Module:
     if scheme not in SCHEMES:
-        raise ValueError(f"unknown init scheme {scheme!r}; known: {', '.join(SCHEMES)} or from_shallower")
+        raise ValueError(f"unknown init scheme {scheme!r}; known: {', '.join(SCHEMES)} "
+                         "(to start from a trained shallower net, set model.init_from)")
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             if scheme == "gaussian":

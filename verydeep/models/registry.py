@@ -46,9 +46,5 @@ def resolve(name: str) -> tuple[str, bool]:
     return table[key], bn
 
 
-def model_name(config: str, batch_norm: bool) -> str:
-    return CANONICAL[config] + ("_bn" if batch_norm else "")
-
-
 def list_models() -> list[str]:
     return [n + suffix for n in CANONICAL.values() for suffix in ("", "_bn")]

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from verydeep.runtime import resolve_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -28,18 +30,6 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' requested but no CUDA device is available")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    if name != "cpu":
-        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
-    return torch.device("cpu")
 
 
 def init_distributed(device: str = "auto", backend: str = "auto", timeout_s: float = 1800) -> DistInfo:

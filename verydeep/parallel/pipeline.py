@@ -42,7 +42,8 @@ from torch.nn.parallel import DistributedDataParallel
 from verydeep.models.vgg import VGG
 from verydeep.models.weights import clean_state_dict
 from verydeep.parallel.distributed import DistInfo
-from verydeep.parallel.strategy import ParallelStrategy, _autocast, check_full_state_dict, upcast
+from verydeep.parallel.base import ParallelStrategy, check_full_state_dict, upcast
+from verydeep.runtime import autocast
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ class StageModule(nn.Module):
         self.amp_dtype: torch.dtype | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with _autocast(x.device, self.amp_dtype):
+        with autocast(x.device, self.amp_dtype):
             if self.features is not None:
                 x = self.features(x)
             if self.avgpool is not None:

@@ -59,191 +59,13 @@ seed or a loaded checkpoint); DDP and DTensor distribution take rank 0's copy an
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
-import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from torch import nn
-
 from verydeep.models.vgg import VGG
-from verydeep.models.weights import clean_state_dict, model_state_dict
+from verydeep.parallel.base import ParallelStrategy
 from verydeep.parallel.config import ParallelConfig
-from verydeep.parallel.data_parallel import wrap_data_parallel
+from verydeep.parallel.data_parallel import DataParallel
 from verydeep.parallel.distributed import DistInfo
-
-
-def check_full_state_dict(expected: list[str], sd: dict) -> None:
-    """Raise with the missing and unexpected keys unless ``sd`` is exactly a full VGG state dict."""
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in set(expected)]
-    if missing or unexpected:
-        raise ValueError(
-            f"not a full state dict of this net: missing {missing[:6]}{'...' if len(missing) > 6 else ''}, "
-            f"unexpected {unexpected[:6]}{'...' if len(unexpected) > 6 else ''}"
-        )
-
-
-def upcast(logits: torch.Tensor) -> torch.Tensor:
-    """Low-precision (AMP) logits to float32 for the loss and metrics; fp32/fp64 unchanged."""
-    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-
-
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=amp_dtype)
-
-
-class ParallelStrategy:
-    """Base class: what the training loop sees (see the module docstring)."""
-
-    mode: str = "base"
-
-    def __init__(self, dist_info: DistInfo) -> None:
-        self.dist = dist_info
-        self.device = dist_info.device
-
-    # -- what the subclasses provide -------------------------------------------------------
-    local_module: nn.Module
-
-    @property
-    def data_rank(self) -> int:
-        raise NotImplementedError
-
-    @property
-    def data_world(self) -> int:
-        raise NotImplementedError
-
-    def forward_backward(self, images: torch.Tensor, labels: torch.Tensor, *, amp_dtype: torch.dtype | None = None,
-                         label_smoothing: float = 0.0, loss_scale: float = 1.0) -> torch.Tensor:
-        raise NotImplementedError
-
-    def eval_logits(self, images: torch.Tensor, *, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-        raise NotImplementedError
-
-    def sum_over_data(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
-        raise NotImplementedError
-
-    def load_full_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
-        raise NotImplementedError
-
-    def describe(self) -> str:
-        return f"{self.mode}: {self.dist.world_size} process(es)"
-
-    # -- shared ----------------------------------------------------------------------------
-    def parameters(self) -> Iterator[nn.Parameter]:
-        return self.local_module.parameters()
-
-    def train(self, mode: bool = True) -> "ParallelStrategy":
-        self.local_module.train(mode)
-        return self
-
-    def eval(self) -> "ParallelStrategy":
-        return self.train(False)
-
-    def _grad_sq_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum of squared grads counted once globally, sum to be all-reduced over the world)."""
-        raise NotImplementedError
-
-    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
-        """Clip by the norm of the *whole* net's gradient, whichever rank holds which part."""
-        once, shared = self._grad_sq_sums()
-        if dist.is_initialized() and self.dist.world_size > 1:
-            dist.all_reduce(shared)
-        total = (once + shared).sqrt()
-        coef = min(1.0, max_norm / (total.item() + 1e-6))
-        if coef < 1.0:
-            for p in self.parameters():
-                if p.grad is not None:
-                    p.grad.mul_(coef)
-        return total
-
-
-class DataParallel(ParallelStrategy):
-    """One process, or DDP: the whole net on every rank, the global batch split over ranks.
-
-    ``accum`` micro-batches per step (gradient accumulation; DDP synchronises only on the last).
-    """
-
-    mode = "data_parallel"
-
-    def __init__(self, model: VGG, dist_info: DistInfo, *, sync_batch_norm: bool = False, accum: int = 1) -> None:
-        super().__init__(dist_info)
-        if accum < 1:
-            raise ValueError(f"accum must be >= 1, got {accum}")
-        self.model = model.to(dist_info.device)
-        self.net = wrap_data_parallel(self.model, dist_info, sync_batch_norm)
-        self.local_module = self.net
-        self.accum = accum
-        self._keys = list(model_state_dict(self.model))
-
-    @property
-    def data_rank(self) -> int:
-        return self.dist.rank
-
-    @property
-    def data_world(self) -> int:
-        return self.dist.world_size
-
-    def forward_backward(self, images, labels, *, amp_dtype=None, label_smoothing=0.0, loss_scale=1.0):
-        n = images.shape[0]
-        if n % self.accum:
-            raise ValueError(f"per-process batch {n} is not divisible by accum={self.accum}")
-        total = torch.zeros((), device=images.device, dtype=torch.float64)
-        size = n // self.accum
-        for i in range(self.accum):
-            # contiguous slices are views: no gather copy, no index tensor sent to the device
-            x, y = images[i * size:(i + 1) * size], labels[i * size:(i + 1) * size]
-            last = i == self.accum - 1
-            sync = contextlib.nullcontext() if last or not hasattr(self.net, "no_sync") else self.net.no_sync()
-            with sync:
-                with _autocast(images.device, amp_dtype):
-                    logits = self.net(x)
-                loss = F.cross_entropy(upcast(logits), y, label_smoothing=label_smoothing)
-                (loss * (size / n) * loss_scale).backward()
-            total += loss.detach() * (size / n)
-        return self.sum_over_data(total) / self.dist.world_size
-
-    @torch.no_grad()
-    def eval_logits(self, images, *, amp_dtype=None):
-        with _autocast(images.device, amp_dtype):
-            # The plain module: DDP's forward adds nothing at eval, and skipping it keeps
-            # ranks with uneven validation shards from waiting on each other.
-            return upcast(self.model(images))
-
-    def sum_over_data(self, t):
-        if dist.is_initialized() and self.dist.world_size > 1:
-            dist.all_reduce(t)
-        return t
-
-    def full_state_dict(self):
-        if not self.dist.is_main:
-            return None
-        return {k: v.detach().cpu().clone() for k, v in model_state_dict(self.model).items()}
-
-    def load_full_state_dict(self, sd):
-        sd = clean_state_dict(sd)
-        check_full_state_dict(self._keys, sd)
-        self.model.load_state_dict(sd)
-
-    def _grad_sq_sums(self):
-        # Grads are already identical on every rank after DDP: count them once.
-        grads = [p.grad.double().pow(2).sum() for p in self.model.parameters() if p.grad is not None]
-        zero = torch.zeros((), device=self.device, dtype=torch.float64)
-        once = torch.stack(grads).sum() if grads else zero
-        if self.dist.world_size > 1:  # all-reduced by the caller: contribute from rank 0 only
-            return zero, once if self.dist.is_main else zero.clone()
-        return once, zero
-
-    def describe(self):
-        if self.dist.world_size == 1:
-            return f"single process on {self.device}" + (f", {self.accum} accumulation steps" if self.accum > 1 else "")
-        return f"data parallel (DDP): {self.dist.world_size} processes, each its own batch shard"
+from verydeep.parallel.pipeline import PipelineParallel
+from verydeep.parallel.tensor_parallel import HybridParallel
 
 
 def build_strategy(model: VGG, parallel: ParallelConfig, dist_info: DistInfo, *, crop_size: int = 224,
@@ -252,8 +74,6 @@ def build_strategy(model: VGG, parallel: ParallelConfig, dist_info: DistInfo, *,
     if parallel.pipeline_stages > 1 and parallel.tensor_parallel_fc:
         raise ValueError("parallel.pipeline_stages > 1 and parallel.tensor_parallel_fc are exclusive: pick one")
     if parallel.pipeline_stages > 1:
-        from verydeep.parallel.pipeline import PipelineParallel
-
         if accum != 1:
             raise ValueError(
                 f"gradient accumulation (accum={accum}) does not combine with pipeline parallelism: "
@@ -262,10 +82,8 @@ def build_strategy(model: VGG, parallel: ParallelConfig, dist_info: DistInfo, *,
                                 microbatches=parallel.microbatches, schedule=parallel.pipeline_schedule,
                                 crop_size=crop_size)
     if parallel.tensor_parallel_fc:
-        from verydeep.parallel.tensor_parallel import HybridParallel
-
         return HybridParallel(model, dist_info, accum=accum)
     return DataParallel(model, dist_info, sync_batch_norm=parallel.sync_batch_norm, accum=accum)
 
 
-__all__ = ["ParallelStrategy", "DataParallel", "build_strategy", "check_full_state_dict"]
+__all__ = ["ParallelStrategy", "DataParallel", "PipelineParallel", "HybridParallel", "build_strategy"]

@@ -45,7 +45,9 @@ from torch.nn.parallel import DistributedDataParallel
 from verydeep.models.vgg import VGG
 from verydeep.models.weights import clean_state_dict
 from verydeep.parallel.distributed import DistInfo
-from verydeep.parallel.strategy import DataParallel, _autocast, check_full_state_dict, upcast
+from verydeep.parallel.base import check_full_state_dict, upcast
+from verydeep.parallel.data_parallel import DataParallel
+from verydeep.runtime import autocast
 
 
 
@@ -112,7 +114,7 @@ class HybridParallel(DataParallel):
             return torch.empty(0, self.num_classes, device=self.device, dtype=out_dtype)
         if n < top:  # (an empty batch still has the image shape: [0, 3, H, W])
             images = torch.cat([images, images.new_zeros((top - n, *images.shape[1:]))])
-        with _autocast(images.device, amp_dtype):
+        with autocast(images.device, amp_dtype):
             logits = self.model(images)
         return upcast(logits)[:n].to(out_dtype)
 

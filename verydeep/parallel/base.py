@@ -1,0 +1,96 @@
+"""What every parallel mode provides to the training loop: the :class:`ParallelStrategy`
+interface (described in :mod:`verydeep.parallel.strategy`) and the helpers the modes share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from verydeep.parallel.distributed import DistInfo
+
+
+def check_full_state_dict(expected: list[str], sd: dict) -> None:
+    """Raise with the missing and unexpected keys unless ``sd`` is exactly a full VGG state dict."""
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in set(expected)]
+    if missing or unexpected:
+        raise ValueError(
+            f"not a full state dict of this net: missing {missing[:6]}{'...' if len(missing) > 6 else ''}, "
+            f"unexpected {unexpected[:6]}{'...' if len(unexpected) > 6 else ''}"
+        )
+
+
+def upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Low-precision (AMP) logits to float32 for the loss and metrics; fp32/fp64 unchanged."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+class ParallelStrategy:
+    """Base class: what the training loop sees (see the module docstring)."""
+
+    mode: str = "base"
+
+    def __init__(self, dist_info: DistInfo) -> None:
+        self.dist = dist_info
+        self.device = dist_info.device
+
+    # -- what the subclasses provide -------------------------------------------------------
+    local_module: nn.Module
+
+    @property
+    def data_rank(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def data_world(self) -> int:
+        raise NotImplementedError
+
+    def forward_backward(self, images: torch.Tensor, labels: torch.Tensor, *, amp_dtype: torch.dtype | None = None,
+                         label_smoothing: float = 0.0, loss_scale: float = 1.0) -> torch.Tensor:
+        raise NotImplementedError
+
+    def eval_logits(self, images: torch.Tensor, *, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sum_over_data(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        raise NotImplementedError
+
+    def load_full_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{self.mode}: {self.dist.world_size} process(es)"
+
+    # -- shared ----------------------------------------------------------------------------
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.local_module.parameters()
+
+    def train(self, mode: bool = True) -> "ParallelStrategy":
+        self.local_module.train(mode)
+        return self
+
+    def eval(self) -> "ParallelStrategy":
+        return self.train(False)
+
+    def _grad_sq_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of squared grads counted once globally, sum to be all-reduced over the world)."""
+        raise NotImplementedError
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """Clip by the norm of the *whole* net's gradient, whichever rank holds which part."""
+        once, shared = self._grad_sq_sums()
+        if dist.is_initialized() and self.dist.world_size > 1:
+            dist.all_reduce(shared)
+        total = (once + shared).sqrt()
+        coef = min(1.0, max_norm / (total.item() + 1e-6))
+        if coef < 1.0:
+            for p in self.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(coef)
+        return total

@@ -105,6 +105,26 @@ def test_no_module_imports_another_modules_private_names():
     assert private == []
 
 
+MAX_FUNCTION_LINES = 80
+LONG_REASON = "Why this is long:"  # a function over the limit says why in its docstring
+
+
+def long_functions() -> list[tuple[int, str]]:
+    """(lines, 'path:line name') of every function over the limit without a stated reason."""
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES and LONG_REASON not in (ast.get_docstring(node) or ""):
+                    out.append((lines, f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}"))
+    return sorted(out, reverse=True)
+
+
+def test_no_function_is_long_without_a_reason():
+    assert long_functions() == []
+
+
 def test_the_checker_sees_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
@@ -114,3 +134,4 @@ if __name__ == "__main__":  # python tests/test_package_structure.py: print the 
     print(f"{len(graph)} modules, {sum(map(len, graph.values()))} imports")
     print("cycles:", cycles(graph) or "none")
     print("underscore names imported from other modules:", names or "none")
+    print(f"functions over {MAX_FUNCTION_LINES} lines without a reason:", long_functions() or "none")

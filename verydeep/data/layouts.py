@@ -231,103 +231,127 @@ def _labels_kind(path: Path) -> str:
     raise DataError(f"{path}: empty ground-truth file")
 
 
+def _synset_names(cfg: DataConfig, search: list[Path]) -> tuple[dict[str, str], Path | None]:
+    """wnid -> human name from ``data.synset_names`` or a LOC_synset_mapping.txt found nearby."""
+    names_file = Path(cfg.synset_names) if cfg.synset_names else _first_existing(d / n for d in search for n in SYNSET_NAMES)
+    if names_file is None:
+        return {}, None
+    if not names_file.is_file():
+        raise DataError(f"synset_names file {names_file} not found")
+    return read_synset_names(names_file), names_file
+
+
+def _train_samples(train: Path, cache) -> tuple[list[tuple[str, int]], list[str]]:
+    """(samples, classes) of a train/<class>/<image> folder; labels are sorted-class indices."""
+    tindex = scan_folder(train, cache)
+    if not tindex.classes:
+        raise DataError(f"{train}: no class folders (expected train/<class>/<image>)")
+    empty = [c for c, files in tindex.classes.items() if not files]
+    if empty:
+        raise DataError(f"{train / empty[0]}: empty class folder (no image files)"
+                        + (f"; {len(empty) - 1} more empty" if len(empty) > 1 else ""))
+    if tindex.files:
+        log.warning("%s: ignoring %d image files outside class folders", train, len(tindex.files))
+    classes = sorted(tindex.classes)
+    samples = []
+    for label, c in enumerate(classes):
+        base = os.path.join(tindex.path, c)
+        samples.extend((os.path.join(base, f), label) for f in tindex.classes[c])
+    return samples, classes
+
+
+def _val_class_folders(val: Path, vindex: FolderIndex, classes: list[str], train) -> tuple[list, list[str]]:
+    """(samples, classes) of a val/<class>/<image> folder, numbered as the training classes."""
+    empty = [c for c, files in vindex.classes.items() if not files]
+    if empty:
+        raise DataError(f"{val / empty[0]}: empty class folder (no image files)")
+    if not classes:
+        classes = sorted(vindex.classes)
+        log.warning("no training folder: classes taken from the validation folders of %s", val)
+    class_index = {c: i for i, c in enumerate(classes)}
+    samples = []
+    for c in sorted(vindex.classes):
+        if c not in class_index:
+            raise DataError(f"{val / c}: validation class {c!r} is not a class of the training set ({train})")
+        base = os.path.join(vindex.path, c)
+        samples.extend((os.path.join(base, f), class_index[c]) for f in vindex.classes[c])
+    return samples, classes
+
+
+def _ground_truth_file(cfg: DataConfig, val: Path, vindex: FolderIndex, search: list[Path]) -> tuple[Path, str]:
+    """(file, layout) of a flat validation folder's labels: ``data.val_labels`` or one found."""
+    if cfg.val_labels:
+        labels_file = Path(cfg.val_labels)
+        if not labels_file.is_file():
+            raise DataError(f"val_labels file {labels_file} not found")
+        return labels_file, _labels_kind(labels_file)
+    csv_file = _first_existing(d / KAGGLE_CSV for d in search)
+    gt_file = _first_existing(d / DEVKIT_GT for d in search)
+    if csv_file and gt_file:
+        raise DataError(f"both {csv_file} and {gt_file} describe the flat folder {val}: "
+                        "set data.val_labels to the one to use")
+    if not csv_file and not gt_file:
+        raise DataError(f"{val} is a flat folder of {len(vindex.files)} images but no ground truth was found "
+                        f"({KAGGLE_CSV} or {DEVKIT_GT} in {', '.join(map(str, search))}); set data.val_labels")
+    return (csv_file, "kaggle_csv") if csv_file else (gt_file, "devkit")
+
+
+def _val_flat(cfg: DataConfig, val: Path, vindex: FolderIndex, classes: list[str], train, search: list[Path],
+              names: dict[str, str], names_file: Path | None) -> tuple[list, list[str], str, Path]:
+    """(samples, classes, layout, labels file) of a flat validation folder with a ground-truth
+    file (Kaggle csv, devkit ids, or one wnid per line); devkit names are added to ``names``."""
+    if not vindex.files:
+        raise DataError(f"{val}: no images (expected val/<class>/<image> or a flat folder with a ground-truth file)")
+    if not classes:
+        if not names:
+            raise DataError(f"no training folder and no synset list (LOC_synset_mapping.txt): "
+                            f"cannot number the classes of {val}")
+        classes = sorted(names)
+        log.warning("no training folder: classes are the sorted wnids of %s", names_file)
+    class_index = {c: i for i, c in enumerate(classes)}
+    labels_file, layout = _ground_truth_file(cfg, val, vindex, search)
+    if layout == "kaggle_csv":
+        samples, unlabeled = parse_kaggle_csv(labels_file, val, vindex, class_index, train)
+    elif layout == "devkit":
+        mapping = Path(cfg.val_synsets) if cfg.val_synsets else _first_existing(
+            d / n for d in [labels_file.parent, *search] for n in DEVKIT_MAPPINGS)
+        if mapping is None or not mapping.is_file():
+            raise DataError(f"{labels_file} gives ILSVRC ids; set data.val_synsets to a text file mapping "
+                            f"them to wnids ('<id> <wnid>' per line; looked for {', '.join(DEVKIT_MAPPINGS)})")
+        samples, unlabeled, more_names = parse_devkit(labels_file, mapping, val, vindex, class_index, train)
+        for k, v in more_names.items():
+            names.setdefault(k, v)
+    else:
+        samples, unlabeled = parse_wnid_list(labels_file, val, vindex, class_index, train)
+    if unlabeled:
+        log.warning("%s: %d images have no label in %s and are left out (e.g. %s)", val, len(unlabeled),
+                    labels_file, sorted(unlabeled)[0])
+    if not samples:
+        raise DataError(f"{labels_file}: no labels")
+    return samples, classes, layout, labels_file
+
+
 def discover(cfg: DataConfig) -> Splits:
     """Find the training and validation samples of ``cfg`` and their labels (see module doc).
     Fails fast, naming the file and line, on empty folders and inconsistent ground truth."""
     root, train, val = _resolve_dirs(cfg)
-    cache = cfg.index_cache
     search = _search_dirs(root, train, val)
-
-    names: dict[str, str] = {}
-    names_file = Path(cfg.synset_names) if cfg.synset_names else _first_existing(d / n for d in search for n in SYNSET_NAMES)
-    if names_file is not None:
-        if not names_file.is_file():
-            raise DataError(f"synset_names file {names_file} not found")
-        names = read_synset_names(names_file)
-
-    train_samples: list[tuple[str, int]] = []
-    if train is not None:
-        tindex = scan_folder(train, cache)
-        if not tindex.classes:
-            raise DataError(f"{train}: no class folders (expected train/<class>/<image>)")
-        empty = [c for c, files in tindex.classes.items() if not files]
-        if empty:
-            raise DataError(f"{train / empty[0]}: empty class folder (no image files)"
-                            + (f"; {len(empty) - 1} more empty" if len(empty) > 1 else ""))
-        if tindex.files:
-            log.warning("%s: ignoring %d image files outside class folders", train, len(tindex.files))
-        classes = sorted(tindex.classes)
-        for label, c in enumerate(classes):
-            base = os.path.join(tindex.path, c)
-            train_samples.extend((os.path.join(base, f), label) for f in tindex.classes[c])
-    else:
-        classes = []
+    names, names_file = _synset_names(cfg, search)
+    train_samples, classes = _train_samples(train, cfg.index_cache) if train is not None else ([], [])
 
     val_samples: list[tuple[str, int]] = []
     layout, labels_file = "none", None
     if val is not None:
-        vindex = scan_folder(val, cache)
+        vindex = scan_folder(val, cfg.index_cache)
         if vindex.classes and vindex.files and not cfg.val_labels:
             raise DataError(f"{val}: holds both class folders and {len(vindex.files)} loose images; "
                             "cannot tell its layout (set data.val_labels for a flat folder)")
         if vindex.classes and not cfg.val_labels:
             layout = "class_folders"
-            empty = [c for c, files in vindex.classes.items() if not files]
-            if empty:
-                raise DataError(f"{val / empty[0]}: empty class folder (no image files)")
-            if not classes:
-                classes = sorted(vindex.classes)
-                log.warning("no training folder: classes taken from the validation folders of %s", val)
-            class_index = {c: i for i, c in enumerate(classes)}
-            for c in sorted(vindex.classes):
-                if c not in class_index:
-                    raise DataError(f"{val / c}: validation class {c!r} is not a class of the training set ({train})")
-                base = os.path.join(vindex.path, c)
-                val_samples.extend((os.path.join(base, f), class_index[c]) for f in vindex.classes[c])
+            val_samples, classes = _val_class_folders(val, vindex, classes, train)
         else:
-            if not vindex.files:
-                raise DataError(f"{val}: no images (expected val/<class>/<image> or a flat folder with a ground-truth file)")
-            if not classes:
-                if not names:
-                    raise DataError(f"no training folder and no synset list (LOC_synset_mapping.txt): "
-                                    f"cannot number the classes of {val}")
-                classes = sorted(names)
-                log.warning("no training folder: classes are the sorted wnids of %s", names_file)
-            class_index = {c: i for i, c in enumerate(classes)}
-            if cfg.val_labels:
-                labels_file = Path(cfg.val_labels)
-                if not labels_file.is_file():
-                    raise DataError(f"val_labels file {labels_file} not found")
-                layout = _labels_kind(labels_file)
-            else:
-                csv_file = _first_existing(d / KAGGLE_CSV for d in search)
-                gt_file = _first_existing(d / DEVKIT_GT for d in search)
-                if csv_file and gt_file:
-                    raise DataError(f"both {csv_file} and {gt_file} describe the flat folder {val}: "
-                                    "set data.val_labels to the one to use")
-                if not csv_file and not gt_file:
-                    raise DataError(f"{val} is a flat folder of {len(vindex.files)} images but no ground truth was found "
-                                    f"({KAGGLE_CSV} or {DEVKIT_GT} in {', '.join(map(str, search))}); set data.val_labels")
-                labels_file = csv_file or gt_file
-                layout = "kaggle_csv" if csv_file else "devkit"
-            if layout == "kaggle_csv":
-                val_samples, unlabeled = parse_kaggle_csv(labels_file, val, vindex, class_index, train)
-            elif layout == "devkit":
-                mapping = Path(cfg.val_synsets) if cfg.val_synsets else _first_existing(
-                    d / n for d in [labels_file.parent, *search] for n in DEVKIT_MAPPINGS)
-                if mapping is None or not mapping.is_file():
-                    raise DataError(f"{labels_file} gives ILSVRC ids; set data.val_synsets to a text file mapping "
-                                    f"them to wnids ('<id> <wnid>' per line; looked for {', '.join(DEVKIT_MAPPINGS)})")
-                val_samples, unlabeled, more_names = parse_devkit(labels_file, mapping, val, vindex, class_index, train)
-                for k, v in more_names.items():
-                    names.setdefault(k, v)
-            else:
-                val_samples, unlabeled = parse_wnid_list(labels_file, val, vindex, class_index, train)
-            if unlabeled:
-                log.warning("%s: %d images have no label in %s and are left out (e.g. %s)", val, len(unlabeled),
-                            labels_file, sorted(unlabeled)[0])
-            if not val_samples:
-                raise DataError(f"{labels_file}: no labels")
+            val_samples, classes, layout, labels_file = _val_flat(cfg, val, vindex, classes, train, search,
+                                                                  names, names_file)
     if not classes:
         raise DataError(f"no training folder found (looked for {root / 'train' if root else 'data.train_dir'})")
     class_names = {c: names[c] for c in classes if c in names}

@@ -18,7 +18,8 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 TRAIN_TRANSFORMS = ("scale_jitter", "random_resized_crop")
-NORMALIZATIONS = ("mean_rgb", "mean_std")
+NORMALIZATIONS = ("caffe", "mean_rgb", "mean_std")
+TRAINING_SET_STATS = "train"  # data.stats_file value: the training set's own statistics, computed once
 
 
 @dataclass
@@ -48,12 +49,16 @@ class DataConfig:
     colour_shift: float = 0.1  # std of the PCA colour-shift alphas; 0 disables it
     pca_eigval: list[float] = field(default_factory=lambda: list(IMAGENET_PCA_EIGVAL))
     pca_eigvec: list[list[float]] = field(default_factory=lambda: [list(r) for r in IMAGENET_PCA_EIGVEC])
-    # mean_rgb: subtract the training set's mean RGB only (the paper); mean_std: (x - mean) / std
-    # (torchvision). Pixels are in [0, 1] in both.
+    # caffe: pixels in 0..255 minus the mean RGB, no std division, colour shift in the same
+    # units: the paper's convention (Caffe, and the released models). mean_rgb: the same in
+    # [0, 1], 255x smaller signal. mean_std: (x - mean) / std in [0, 1] (torchvision's
+    # convention, and torchvision's weights). mean/std/PCA below are always in [0, 1] units.
     normalize: str = "mean_rgb"
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     # JSON written by `verydeep data stats`; when set, its mean, std and PCA replace the above.
+    # "train": the training set's own, computed at the start of training by the same code and
+    # cached; the run's saved config (and its checkpoints) then hold the values themselves.
     stats_file: str | None = None
     rrc_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random_resized_crop area
     rrc_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # and aspect range

@@ -10,16 +10,26 @@ matching eigenvectors (the layout DataConfig expects).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import logging
 import os
 from datetime import datetime, timezone
 from multiprocessing import get_context
+from pathlib import Path
 
 import numpy as np
 
+from verydeep.data.config import TRAINING_SET_STATS, DataConfig
 from verydeep.data.decode import load_image
 from verydeep.data.errors import BadImageError, DataError
-from verydeep.data.transforms import resized_size
+from verydeep.data.index_cache import default_cache_dir
+from verydeep.data.transforms import dataset_stats, resized_size
+
+log = logging.getLogger(__name__)
+
+STATS_KEYS = ("mean", "std", "pca_eigval", "pca_eigvec")
 
 
 def _moments(args) -> tuple[np.ndarray, np.ndarray, int] | None:
@@ -88,3 +98,46 @@ def write_stats(stats: dict, path) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(stats, f, indent=2)
         f.write("\n")
+
+
+def training_set_stats(paths, cache_dir=None, progress: bool = True) -> dict:
+    """:func:`compute_stats` of the training images ``paths`` with its defaults, computed once
+    and cached under ``cache_dir`` (the file index's cache), keyed on the file list."""
+    paths = list(paths)
+    key = hashlib.sha1("\n".join(paths).encode()).hexdigest()[:20]
+    cache_file = Path(cache_dir or default_cache_dir()) / f"stats-{key}.json"
+    try:
+        stats = json.loads(cache_file.read_text())
+        if all(k in stats for k in STATS_KEYS):
+            return stats
+    except (OSError, ValueError):
+        pass
+    log.info("computing the training set's mean RGB and colour PCA (once; cached in %s)", cache_file)
+    stats = compute_stats(paths, progress=progress)
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
+        write_stats(stats, tmp)
+        os.replace(tmp, cache_file)
+    except OSError as e:  # a read-only cache costs a recomputation next time, nothing more
+        log.warning("could not cache the training-set statistics in %s: %s", cache_file, e)
+    return stats
+
+
+def resolve_stats(cfg: DataConfig, train_paths=None, progress: bool = True) -> DataConfig:
+    """``cfg`` with its mean, std and PCA as values and ``stats_file`` cleared, so a run's saved
+    config and checkpoints carry the statistics themselves, not a path to them.
+
+    ``stats_file="train"`` takes the training set's own (``train_paths``; computed once and
+    cached); a JSON path takes that file's; None keeps ``cfg`` as it is."""
+    if not cfg.stats_file:
+        return cfg
+    if cfg.stats_file == TRAINING_SET_STATS:
+        if not train_paths:
+            raise DataError("data.stats_file=train needs the training images to compute the mean RGB from")
+        stats = training_set_stats(train_paths, cfg.index_cache, progress)
+    else:
+        stats = dataset_stats(cfg)
+    values = {k: [list(map(float, r)) for r in stats[k]] if k == "pca_eigvec" else [float(v) for v in stats[k]]
+              for k in STATS_KEYS}
+    return dataclasses.replace(cfg, stats_file=None, **values)

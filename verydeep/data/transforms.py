@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from verydeep.data.config import DataConfig
+from verydeep.data.config import TRAINING_SET_STATS, DataConfig
 from verydeep.data.decode import load_image, original_size
 from verydeep.data.errors import DataError
 
@@ -51,6 +51,9 @@ def _read_stats(path: str, mtime_ns: int) -> dict:
 def dataset_stats(cfg: DataConfig) -> dict:
     """mean, std, pca_eigval, pca_eigvec: from ``cfg.stats_file`` when set, else from ``cfg``."""
     out = {"mean": cfg.mean, "std": cfg.std, "pca_eigval": cfg.pca_eigval, "pca_eigvec": cfg.pca_eigvec}
+    if cfg.stats_file == TRAINING_SET_STATS:
+        raise DataError("data.stats_file=train is resolved when training starts "
+                        "(verydeep.data.stats.resolve_stats); this config was not")
     if cfg.stats_file:
         if not os.path.isfile(cfg.stats_file):
             raise DataError(f"stats_file {cfg.stats_file} not found")
@@ -60,12 +63,19 @@ def dataset_stats(cfg: DataConfig) -> dict:
 
 
 def normalization(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, std) float32 tensors of shape [3] for pixels in [0, 1]; ``normalize=mean_rgb``
-    (the paper: subtract the mean RGB only) gives std = 1."""
+    """(mean, std) float32 tensors of shape [3] in [0, 1] units, for :func:`normalize_`.
+
+    ``mean_std``: the statistics as they are. ``mean_rgb``: std = 1 (mean subtraction only).
+    ``caffe``: std = 1/255, so (x/255 + shift - mean) / std = x + 255 shift - 255 mean: pixels
+    in 0..255 minus the mean RGB, the colour shift in the same units (the paper's input)."""
     stats = dataset_stats(cfg)
-    mean = torch.tensor(stats["mean"], dtype=torch.float32)
-    std = torch.tensor(stats["std"], dtype=torch.float32) if cfg.normalize == "mean_std" else torch.ones(3)
-    return mean, std
+    if cfg.normalize == "mean_std":
+        std = torch.tensor(stats["std"], dtype=torch.float32)
+    elif cfg.normalize == "caffe":
+        std = torch.full((3,), 1 / 255, dtype=torch.float32)
+    else:
+        std = torch.ones(3)
+    return torch.tensor(stats["mean"], dtype=torch.float32), std
 
 
 def pca_basis(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,6 @@
 """Run configuration: one dataclass per concern, composed here; YAML in, YAML out.
 
-A recipe (``configs/*.yaml``) names only what differs from the defaults, which live in the
+A recipe (``verydeep/recipes/*.yaml``, found by name or as a path) names only what differs from the defaults, which live in the
 section dataclasses (``verydeep.models.config``, ``verydeep.data.config``,
 ``verydeep.train.config``, ``verydeep.parallel.config``). Every value can be overridden with
 ``--set section.key=value`` (the value is parsed as YAML). Unknown keys and wrong types are
@@ -10,6 +10,8 @@ rejected with the key named.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -22,6 +24,9 @@ from verydeep.data.config import DataConfig
 from verydeep.models.config import ModelConfig
 from verydeep.parallel.config import ParallelConfig
 from verydeep.train.config import OptimConfig, ScheduleConfig, TrainConfig
+
+
+RECIPES_PACKAGE = "verydeep.recipes"  # one YAML per recipe, shipped inside the package
 
 
 class ConfigError(ValueError):
@@ -124,12 +129,37 @@ def apply_override(data: dict, assignment: str) -> None:
         raise ConfigError(f"override {dotted!r}: cannot parse value {raw!r}: {e}") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def list_recipes() -> dict[str, str]:
+    """Packaged recipe name -> the first sentence of its description."""
+    out = {}
+    for entry in sorted(importlib.resources.files(RECIPES_PACKAGE).iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            data = yaml.safe_load(entry.read_text()) or {}
+            text = " ".join(str(data.get("description", "")).split())
+            out[entry.name[: -len(".yaml")]] = re.split(r"\.\s+(?=[A-Z])", text)[0].rstrip(".")
+    return out
+
+
+def find_recipe(name_or_path: str | Path):
+    """A recipe file: an existing path, or the name of a packaged recipe (with or without
+    ``.yaml``). The error lists the packaged recipes."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
+    if path.parent == Path("."):
+        packaged = importlib.resources.files(RECIPES_PACKAGE) / f"{name}.yaml"
+        if packaged.is_file():
+            return packaged
+    raise ConfigError(f"recipe not found: {name_or_path} (neither a file nor a packaged recipe; "
+                      f"packaged: {', '.join(list_recipes())})")
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The run configuration: a recipe (file or packaged name), then ``--set`` overrides."""
     data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"recipe not found: {path}")
+    if recipe is not None:
+        path = find_recipe(recipe)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
@@ -141,7 +171,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     try:
         return _build(Config, data)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+        raise ConfigError(f"{recipe}: {e}" if recipe else str(e)) from None
 
 
 def config_from_dict(data: dict) -> Config:

@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from verydeep.config import ConfigError, config_from_dict, config_to_dict, load_config, save_config
+from verydeep.config import ConfigError, config_from_dict, config_to_dict, find_recipe, list_recipes, load_config, save_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "verydeep" / "recipes").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -19,6 +19,23 @@ def test_recipes_exist_for_every_paper_setting():
     for required in ["paper_A_S256", "paper_B_S256", "paper_D_S256", "paper_D_S384",
                      "paper_D_multiscale", "glorot_D_S256", "notebook_vgg16", "demo"]:
         assert required in names
+
+
+def test_recipes_are_found_by_name_through_the_package(tmp_path, monkeypatch):
+    import importlib.resources
+
+    monkeypatch.chdir(tmp_path)  # nowhere near the checkout
+    packaged = importlib.resources.files("verydeep.recipes")
+    assert {p.stem for p in CONFIGS} == set(list_recipes())
+    assert find_recipe("paper_A_S256") == packaged / "paper_A_S256.yaml"
+    assert find_recipe("paper_A_S256.yaml") == packaged / "paper_A_S256.yaml"
+    assert load_config("paper_A_S256").model.name == "A"
+    assert list_recipes()["paper_A_S256"].startswith("Net A (11 weight layers)")
+    own = tmp_path / "paper_A_S256.yaml"  # a file of the same name wins: a path is a path
+    own.write_text("model:\n  name: E\n")
+    assert load_config("paper_A_S256.yaml").model.name == "E"
+    with pytest.raises(ConfigError, match="packaged: .*paper_D_S256"):
+        load_config("paper_Z_S256")
 
 
 def test_unknown_key_is_named(tmp_path):

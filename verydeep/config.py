@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from verydeep.data.config import DataConfig
+from verydeep.errors import UsageError
 from verydeep.models.config import ModelConfig
 from verydeep.parallel.config import ParallelConfig
 from verydeep.train.config import OptimConfig, ScheduleConfig, TrainConfig
@@ -29,7 +30,7 @@ from verydeep.train.config import OptimConfig, ScheduleConfig, TrainConfig
 RECIPES_PACKAGE = "verydeep.recipes"  # one YAML per recipe, shipped inside the package
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A bad recipe or override; the message names the key."""
 
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import signal
 import sys
+
+from verydeep.errors import EXIT_IO, EXIT_USAGE, VerydeepError, exit_code_for_signal
 
 # Command modules, each with ``add_parser(subparsers)``; handlers return an exit code.
 COMMANDS = (
     "verydeep.cli.models",
     "verydeep.cli.train",
+    "verydeep.cli.recipes",
     "verydeep.cli.data",
     "verydeep.cli.evaluate",
     "verydeep.cli.bench",
@@ -42,16 +47,40 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        # User errors (bad config key, missing file, bad value): one clear line, no traceback.
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"verydeep: error: {msg}", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop's own handling (start-up, eval)
         if args.verbose:
             raise
-        return 2
+        print("verydeep: interrupted", file=sys.stderr)
+        return exit_code_for_signal(signal.SIGINT)
+    except Exception as e:  # noqa: BLE001 - sorted into expected failures and bugs below
+        code = expected_failure_code(e)
+        if code is None or args.verbose:
+            raise
+        print(f"verydeep: error: {one_line(e)}", file=sys.stderr)
+        return code
+
+
+def expected_failure_code(e: BaseException) -> int | None:
+    """The exit code of an expected failure (see verydeep.errors), None for a bug."""
+    if isinstance(e, VerydeepError):
+        return e.exit_code
+    if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        return EXIT_USAGE  # a path given on the command line or in a recipe
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):
+        return EXIT_IO
+    if isinstance(e, (ValueError, KeyError)):
+        return EXIT_USAGE
+    return None
+
+
+def one_line(e: BaseException) -> str:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in str(msg):
+        msg = f"{e.filename}: {e.strerror or msg}"
+    return " ".join(str(msg).split())
 
 
 if __name__ == "__main__":

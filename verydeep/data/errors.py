@@ -1,11 +1,15 @@
-"""Errors of the data pipeline. Both are ValueErrors, so the CLI prints them as one line."""
+"""Errors of the data pipeline: expected failures (exit code 3), printed as one line."""
 
 from __future__ import annotations
 
+from verydeep.errors import EXIT_DATA, VerydeepError
 
-class DataError(ValueError):
+
+class DataError(VerydeepError, ValueError):
     """A dataset that cannot be used as given (empty folder, bad ground truth, ...).
     The message names the file (and line) at fault."""
+
+    exit_code = EXIT_DATA
 
 
 class BadImageError(DataError):

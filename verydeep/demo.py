@@ -9,19 +9,17 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def run_demo(out: str = "runs/demo", data: str = "data/demo", config: str | None = None,
+def run_demo(out: str = "runs/demo", data: str = "data/demo", config: str = "demo",
              overrides: list[str] | None = None, resume: bool = False) -> int:
     from verydeep.config import load_config
     from verydeep.data import make_demo_dataset
-    from verydeep.train.engine import train
+    from verydeep.train.loop import train
 
     data_dir = Path(data)
     if not (data_dir / "train").is_dir():
         t = time.perf_counter()
         make_demo_dataset(data_dir, seed=0)
         log.info("demo data written to %s in %.1fs", data_dir, time.perf_counter() - t)
-    if config is None:
-        config = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
     cfg = load_config(config, [f"data.root={data_dir}", *(overrides or [])])
     t = time.perf_counter()
     result = train(cfg, out, resume=resume)
@@ -31,16 +29,18 @@ def run_demo(out: str = "runs/demo", data: str = "data/demo", config: str | None
 
     # The paper's test protocols on the best checkpoint, single- and multi-scale (Sec. 4).
     from verydeep.data import discover
-    from verydeep.evaluate import RowSpec, default_scales, evaluate_rows, load_eval_net
+    from verydeep.evaluate import PROTOCOLS, EvalOptions, RowSpec, evaluate_rows, load_eval_net, resolve_scales
     from verydeep.evaluate.report import format_table, write_json
+    from verydeep.runtime import build_runtime
 
     t = time.perf_counter()
     net = load_eval_net(result.run_dir)
     splits = discover(cfg.data)
-    rows = [RowSpec(protocol, tuple(default_scales(net.data, multi)))
-            for multi in (False, True) for protocol in ("center", "dense", "multicrop", "dense+multicrop")]
+    rows = [RowSpec(protocol, tuple(resolve_scales(net.data, which)))
+            for which in ("single", "multi") for protocol in PROTOCOLS]
     evaluation = evaluate_rows([net], cfg.data, splits.val, rows, classes=splits.classes,
-                               batch_size=64, device=cfg.train.device)
+                               options=EvalOptions(batch_size=64),
+                               runtime=build_runtime(cfg.train.device, cfg.train.amp, cfg.train.channels_last))
     eval_min = (time.perf_counter() - t) / 60
     print()
     print(format_table(evaluation.rows, title=f"demo val set: {len(splits.val)} images, best checkpoint"))

@@ -97,10 +97,18 @@ def test_resume_and_workers_give_the_uninterrupted_epoch(samples):
 
 
 def test_persistent_workers_across_epochs(samples):
-    c = cfg(workers=2, persistent_workers=True)
+    """One loader for the run, moved with ``set_epoch``: its workers serve every epoch, and a
+    loop that leaves an epoch early (the iteration cap, a signal) does not leak into the next."""
+    loader = build_train_loader(cfg(workers=2, persistent_workers=True), samples, 4, seed=3)
     for epoch in (0, 1):
-        assert_same(epoch_batches(cfg(), samples, epoch=epoch), epoch_batches(c, samples, epoch=epoch))
-    assert_same(epoch_batches(cfg(), samples, epoch=1)[2:], epoch_batches(c, samples, epoch=1, start=2))
+        loader.set_epoch(epoch)
+        assert_same(epoch_batches(cfg(), samples, epoch=epoch), list(loader))
+    loader.set_epoch(0)
+    next(iter(loader))
+    loader.set_epoch(1, start_batch=2)
+    assert_same(epoch_batches(cfg(), samples, epoch=1)[2:], list(loader))
+    with pytest.raises(ValueError, match="start_batch 7 outside"):
+        loader.set_epoch(0, start_batch=7)
 
 
 def test_ranks_split_the_single_process_batch(samples):

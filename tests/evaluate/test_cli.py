@@ -67,6 +67,14 @@ def test_predict_prints_top5_with_names(dataset, tmp_path, capsys):
     assert sum(t["prob"] for t in res["top"]) <= 1 + 1e-6
     assert res["top"] == sorted(res["top"], key=lambda t: -t["prob"])
     assert main(["predict", "--checkpoint", str(run), str(tmp_path / "missing.jpg")]) == 1
+    capsys.readouterr()
+    # fp32 is what auto means on CPU; bf16 autocast moves the posteriors a little.
+    args = ["predict", "--checkpoint", str(run), "--json", "--device", "cpu", str(images[0])]
+    probs = {}
+    for amp in ("auto", "none", "bf16"):
+        assert main([*args, "--amp", amp]) == 0
+        probs[amp] = [t["prob"] for t in json.loads(capsys.readouterr().out)[0]["top"]]
+    assert probs["none"] == probs["auto"] and probs["bf16"] != probs["auto"]
 
 
 def test_export_command_writes_all_files(run_dir, tmp_path):

@@ -11,9 +11,10 @@ import torch
 
 from tests.evaluate.conftest import tiny_net
 from tests.evaluate.test_evaluator import data_cfg, val_samples
-from verydeep.evaluate import RowSpec, evaluate_rows
+from verydeep.evaluate import EvalOptions, RowSpec, evaluate_rows
 
 ROWS = [RowSpec("center", (32,)), RowSpec("dense+multicrop", (32, 48))]
+OPTIONS = EvalOptions(batch_size=2, progress=False)
 
 
 def _free_port() -> int:
@@ -34,7 +35,7 @@ def _worker(rank: int, world: int, port: int, root: str, out: str) -> None:
         init_distributed("cpu", "gloo", timeout_s=60)
         cfg = data_cfg(Path(root))
         samples, classes = val_samples(cfg)
-        res = evaluate_rows(tiny_net(), cfg, samples, ROWS, classes=classes, batch_size=2, progress=False)
+        res = evaluate_rows(tiny_net(), cfg, samples, ROWS, classes=classes, options=OPTIONS)
         payload = {"rows": res.rows, "top5": [r.top5.tolist() for r in res.results]}
         Path(out, f"rank{rank}.json").write_text(json.dumps(payload))
         shutdown()
@@ -68,7 +69,7 @@ def test_two_gloo_processes_count_every_image_once(dataset, tmp_path):
             failures.append(f"rank {rank} exit code {p.exitcode}:\n{detail}")
     assert not failures, "\n".join(failures)
 
-    single = evaluate_rows(tiny_net(), cfg, samples, ROWS, classes=classes, batch_size=2, progress=False)
+    single = evaluate_rows(tiny_net(), cfg, samples, ROWS, classes=classes, options=OPTIONS)
     got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for g in got:
         for row, ref, top5, ref_res in zip(g["rows"], single.rows, g["top5"], single.results):

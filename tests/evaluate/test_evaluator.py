@@ -1,14 +1,14 @@
-import dataclasses
 
 import pytest
 import torch
 
 from tests.evaluate.conftest import CLASSES, tiny_net, write_dataset
-from verydeep.evaluate import EvalNet, RowSpec, default_scales, evaluate, evaluate_rows
+from verydeep.evaluate import EvalNet, EvalOptions, RowSpec, evaluate, evaluate_rows, resolve_scales
 from verydeep.evaluate import protocols
 from verydeep.evaluate.report import format_table, write_json, write_per_class, write_per_image
 
 pytestmark = pytest.mark.usefixtures("no_grad")
+QUIET = EvalOptions(progress=False)
 
 
 def data_cfg(root, **kw):
@@ -29,12 +29,12 @@ def val_samples(cfg):
 def test_default_scales_follow_the_recipe():
     from types import SimpleNamespace as NS
 
-    assert default_scales(NS(scale_min=256, scale_max=256), False) == [256]
-    assert default_scales(NS(scale_min=256, scale_max=256), True) == [224, 256, 288]
-    assert default_scales(NS(scale_min=384, scale_max=384), True) == [352, 384, 416]
-    assert default_scales(NS(scale_min=256, scale_max=512), False) == [384]
-    assert default_scales(NS(scale_min=256, scale_max=512), True) == [256, 384, 512]
-    assert default_scales(NS(scale_min=64, scale_max=128), True) == [64, 96, 128]
+    assert resolve_scales(NS(scale_min=256, scale_max=256), "single") == [256]
+    assert resolve_scales(NS(scale_min=256, scale_max=256), "multi") == [224, 256, 288]
+    assert resolve_scales(NS(scale_min=384, scale_max=384), "multi") == [352, 384, 416]
+    assert resolve_scales(NS(scale_min=256, scale_max=512), "single") == [384]
+    assert resolve_scales(NS(scale_min=256, scale_max=512), "multi") == [256, 384, 512]
+    assert resolve_scales(NS(scale_min=64, scale_max=128), "multi") == [64, 96, 128]
 
 
 def test_all_protocols_single_and_multi_scale(dataset):
@@ -43,7 +43,8 @@ def test_all_protocols_single_and_multi_scale(dataset):
     assert len(samples) == 7
     # Q=24 is below the 32-px crop: centre and multi-crop pad, dense pads to the net's minimum.
     rows = [RowSpec(p, s) for s in ((32,), (24, 32, 48)) for p in protocols.PROTOCOLS]
-    result = evaluate_rows(tiny_net(), cfg, samples, rows, classes=classes, batch_size=4, progress=False)
+    result = evaluate_rows(tiny_net(), cfg, samples, rows, classes=classes,
+                           options=EvalOptions(batch_size=4, progress=False))
     assert len(result.rows) == 8
     for row in result.rows:
         assert row["images"] == 7 and row["bad_images"] == 0
@@ -62,8 +63,8 @@ def test_center_error_matches_a_hand_loop(dataset):
     cfg = data_cfg(dataset)
     samples, classes = val_samples(cfg)
     model = tiny_net(1)
-    row = evaluate(model, cfg, samples, protocol="center", scales=[40], flip=False, batch_size=3,
-                   classes=classes, progress=False)
+    row = evaluate(model, cfg, samples, protocol="center", scales=[40], classes=classes,
+                   options=EvalOptions(flip=False, batch_size=3, progress=False))
     wrong = 0
     for path, label in samples:
         x = eval_transform(cfg, 40, 32)(load_image(path))[None]
@@ -77,7 +78,8 @@ def test_multiscale_and_combination_are_averages_of_posteriors(dataset):
     samples, classes = val_samples(cfg)
     rows = [RowSpec("dense", (32,)), RowSpec("dense", (48,)), RowSpec("dense", (32, 48)),
             RowSpec("multicrop", (32, 48)), RowSpec("dense+multicrop", (32, 48))]
-    res = evaluate_rows(tiny_net(2), cfg, samples, rows, classes=classes, batch_size=4, progress=False).results
+    res = evaluate_rows(tiny_net(2), cfg, samples, rows, classes=classes,
+                        options=EvalOptions(batch_size=4, progress=False)).results
     # With 3 classes the full posterior is recoverable from the top-3 probs and indices.
     def full(r):
         out = torch.zeros(len(samples), 3)
@@ -92,26 +94,26 @@ def test_fusion_and_class_order(dataset):
     samples, classes = val_samples(cfg)
     a, b = tiny_net(3), tiny_net(4)
     spec = [RowSpec("center", (40,))]
-    one = evaluate_rows(a, cfg, samples, spec, classes=classes, progress=False).results[0]
+    one = evaluate_rows(a, cfg, samples, spec, classes=classes, options=QUIET).results[0]
     # The same net twice fuses to itself.
-    twice = evaluate_rows([a, a], cfg, samples, spec, classes=classes, progress=False).results[0]
+    twice = evaluate_rows([a, a], cfg, samples, spec, classes=classes, options=QUIET).results[0]
     torch.testing.assert_close(twice.top5_prob, one.top5_prob)
     # A net listing its classes in reverse order (last layer permuted to match) agrees.
     rev = tiny_net(3)
     rev.classifier[6].weight.copy_(a.classifier[6].weight.flip(0))
     rev.classifier[6].bias.copy_(a.classifier[6].bias.flip(0))
     net = EvalNet(model=rev, data=cfg, classes=list(reversed(CLASSES)), source="reversed")
-    r = evaluate_rows(net, cfg, samples, spec, classes=classes, progress=False).results[0]
+    r = evaluate_rows(net, cfg, samples, spec, classes=classes, options=QUIET).results[0]
     torch.testing.assert_close(r.top5_prob, one.top5_prob)
     assert torch.equal(r.top5, one.top5)
     # Fusion of two different nets: the mean of their posteriors.
-    pb = evaluate_rows(b, cfg, samples, spec, classes=classes, progress=False).results[0]
-    fused = evaluate_rows([a, b], cfg, samples, spec, classes=classes, progress=False).results[0]
+    pb = evaluate_rows(b, cfg, samples, spec, classes=classes, options=QUIET).results[0]
+    fused = evaluate_rows([a, b], cfg, samples, spec, classes=classes, options=QUIET).results[0]
     full = lambda res: torch.zeros(7, 3).scatter_(1, res.top5, res.top5_prob)  # noqa: E731
     torch.testing.assert_close(full(fused), (full(one) + full(pb)) / 2, atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="missing"):
         evaluate_rows(EvalNet(model=a, data=cfg, classes=["x", "y", "z"]), cfg, samples, spec,
-                      classes=classes, progress=False)
+                      classes=classes, options=QUIET)
 
 
 def test_undecodable_images_count_as_errors_and_are_reported(tmp_path):
@@ -120,7 +122,7 @@ def test_undecodable_images_count_as_errors_and_are_reported(tmp_path):
     samples, classes = val_samples(cfg)
     assert len(samples) == 8
     res = evaluate_rows(tiny_net(), cfg, samples, [RowSpec("dense", (40,))], classes=classes,
-                        progress=False)
+                        options=QUIET)
     row = res.rows[0]
     assert row["images"] == 8 and row["bad_images"] == 1
     assert len(res.bad) == 1 and res.bad[0][1].endswith("broken_0.JPEG")

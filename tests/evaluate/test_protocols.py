@@ -51,17 +51,17 @@ def test_dense_pads_images_smaller_than_the_head():
         protocols.dense_scores(model, torch.randn(1, 3, 64, 64), average="max")
 
 
-@pytest.mark.parametrize("kind", ["center", "dense", "multicrop"])
-def test_flip_averaging_is_symmetric(kind):
+@pytest.mark.parametrize("method", protocols.METHODS)
+def test_flip_averaging_is_symmetric(method):
     model = tiny(1)
-    size = 64 if kind == "center" else 96  # multicrop: slack 32 per side, an even grid
+    size = 64 if method == "center" else 96  # multicrop: slack 32 per side, an even grid
     x = torch.randn(2, 3, size, size + 32)
-    p = protocols.posteriors(kind, model, x, crop=64, flip=True)
-    q = protocols.posteriors(kind, model, x.flip(-1), crop=64, flip=True)
+    p = protocols.posteriors(method, model, x, crop=64, flip=True)
+    q = protocols.posteriors(method, model, x.flip(-1), crop=64, flip=True)
     torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     # Without flip averaging the two differ: the test above is not vacuous.
-    p1 = protocols.posteriors(kind, model, x, crop=64, flip=False)
-    q1 = protocols.posteriors(kind, model, x.flip(-1), crop=64, flip=False)
+    p1 = protocols.posteriors(method, model, x, crop=64, flip=False)
+    q1 = protocols.posteriors(method, model, x.flip(-1), crop=64, flip=False)
     assert not torch.allclose(p1, q1, atol=1e-6)
 
 
@@ -73,7 +73,21 @@ def test_multicrop_is_the_mean_of_its_crops_and_chunking_does_not_matter():
     crops = multicrop_grid(x, 64)
     expected = torch.stack([model(crops[i]).softmax(1).mean(0) for i in range(2)])
     torch.testing.assert_close(protocols.multicrop(model, x, 64), expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(protocols.multicrop(model, x, 64, max_batch=7), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(protocols.multicrop(model, x, 64, crop_batch=7), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_protocols_compute_in_the_runtime_they_are_given():
+    from verydeep.runtime import build_runtime
+
+    model = tiny(5)
+    x = torch.randn(2, 3, 96, 96)
+    fp32 = build_runtime("cpu", "none")
+    for method in protocols.METHODS:
+        default = protocols.posteriors(method, model, x, crop=64)
+        assert torch.equal(protocols.posteriors(method, model, x, crop=64, runtime=fp32), default)
+        bf16 = protocols.posteriors(method, model, x, crop=64, runtime=build_runtime("cpu", "bf16"))
+        assert not torch.equal(bf16, default)
+        torch.testing.assert_close(bf16, default, atol=0.05, rtol=0)
 
 
 def test_fusion_is_the_mean_of_posteriors():

@@ -7,13 +7,14 @@ import time
 
 import pytest
 import torch
-from torch import nn
 
 from verydeep.config import load_config
 from verydeep.models import create_model
-from verydeep.train.engine import NonFiniteLossError, train
-from verydeep.train import engine
+from verydeep.train import step
 from verydeep.train.checkpoint import load_checkpoint
+from verydeep.train.loop import train
+from verydeep.train.setup import batch_plan
+from verydeep.train.step import NonFiniteLossError
 
 from .conftest import TINY_OVERRIDES
 
@@ -74,7 +75,7 @@ def test_accumulation_gives_identical_gradients():
     for accum in (1, 2, 4):
         strategy = build_strategy(model, ParallelConfig(), DistInfo(), crop_size=32, accum=accum)
         model.zero_grad()
-        losses.append(engine._forward_backward(strategy, x, y, None, scaler, 0.0))
+        losses.append(step.forward_backward(strategy, x, y, None, scaler, 0.0))
         grads.append([p.grad.clone() for p in model.parameters()])
     for loss, g in zip(losses[1:], grads[1:]):
         torch.testing.assert_close(loss, losses[0], rtol=0, atol=1e-12)
@@ -83,12 +84,12 @@ def test_accumulation_gives_identical_gradients():
 
 
 def test_batch_plan():
-    assert engine.batch_plan(256, 4, None) == (64, 1)
-    assert engine.batch_plan(256, 4, 16) == (64, 4)
+    assert batch_plan(256, 4, None) == (64, 1)
+    assert batch_plan(256, 4, 16) == (64, 4)
     with pytest.raises(ValueError, match="not divisible by the 3 processes"):
-        engine.batch_plan(256, 3, None)
+        batch_plan(256, 3, None)
     with pytest.raises(ValueError, match="micro_batch_size=24"):
-        engine.batch_plan(256, 2, 24)
+        batch_plan(256, 2, 24)
 
 
 def test_micro_batches_give_the_same_run(tiny_imagenet, tmp_path):
@@ -100,7 +101,7 @@ def test_micro_batches_give_the_same_run(tiny_imagenet, tmp_path):
 
 
 def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tiny_imagenet, tmp_path, monkeypatch):
-    real = engine._forward_backward
+    real = step.forward_backward
     calls = {"n": 0}
 
     def poisoned(*a, **k):
@@ -108,7 +109,7 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tiny_imagenet
         loss = real(*a, **k)
         return loss * float("nan") if calls["n"] == 3 else loss
 
-    monkeypatch.setattr(engine, "_forward_backward", poisoned)
+    monkeypatch.setattr(step, "forward_backward", poisoned)
     cfg = _cfg(tiny_imagenet, "train.checkpoint_every_steps=1", "train.plot=false")
     with pytest.raises(NonFiniteLossError, match="at step 2 "):
         train(cfg, tmp_path / "run")
@@ -118,7 +119,7 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tiny_imagenet
 
 
 def test_nan_loss_skip_mode(tiny_imagenet, tmp_path, monkeypatch):
-    real = engine._forward_backward
+    real = step.forward_backward
     calls = {"n": 0}
 
     def poisoned(*a, **k):
@@ -126,7 +127,7 @@ def test_nan_loss_skip_mode(tiny_imagenet, tmp_path, monkeypatch):
         loss = real(*a, **k)
         return loss * float("nan") if calls["n"] == 2 else loss
 
-    monkeypatch.setattr(engine, "_forward_backward", poisoned)
+    monkeypatch.setattr(step, "forward_backward", poisoned)
     result = train(_cfg(tiny_imagenet, "train.nonfinite=skip", "train.plot=false"), tmp_path / "run")
     assert result.steps == 8
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

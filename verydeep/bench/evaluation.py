@@ -30,7 +30,7 @@ from verydeep.bench.common import (
     time_steps,
 )
 
-PROTOCOLS = ("center", "dense", "multicrop")
+METHODS = ("center", "dense", "multicrop")  # single-pass evaluation methods (verydeep.evaluate.protocols)
 
 
 @dataclass
@@ -41,7 +41,7 @@ class EvalBenchConfig:
     scales: str = "64,96,128"  # Q, comma-separated (256,384,512 for the paper)
     protocols: str = "center,dense,multicrop"
     batch_size: int = 4  # images per call (multi-crop runs 50x that many crops)
-    max_crops: int | None = None  # multi-crop: crops per forward pass (None: all of the batch)
+    crop_batch: int | None = None  # multi-crop: crops per forward pass (None: all of the batch)
     num_classes: int = 1000
     steps: int = 3
     warmup: int = 1
@@ -53,7 +53,7 @@ class EvalBenchConfig:
 
     @classmethod
     def for_gpu(cls, **overrides) -> "EvalBenchConfig":
-        return replace(cls(width=1.0, crop_size=224, scales="256,384,512", batch_size=32, max_crops=400,
+        return replace(cls(width=1.0, crop_size=224, scales="256,384,512", batch_size=32, crop_batch=400,
                            steps=10, warmup=3, repeats=3, device="cuda"), **overrides)
 
 
@@ -105,7 +105,7 @@ def reference_dense(model, images, amp) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reference_multicrop(model, images, crop, amp, max_crops=None) -> torch.Tensor:
+def reference_multicrop(model, images, crop, amp, crop_batch=None) -> torch.Tensor:
     from verydeep.evaluate.crops import crop_positions
 
     out = []
@@ -117,7 +117,7 @@ def reference_multicrop(model, images, crop, amp, max_crops=None) -> torch.Tenso
             crops.append(F.pad(c, (0, crop - c.shape[-1], 0, crop - c.shape[-2])))
         batch = torch.stack(crops)
         batch = torch.cat([batch, batch.flip(-1)])
-        step = max_crops or batch.shape[0]
+        step = crop_batch or batch.shape[0]
         probs = torch.cat([_ref_forward(model, batch[i: i + step], amp).softmax(1)
                            for i in range(0, batch.shape[0], step)])
         out.append(probs.mean(0))
@@ -136,8 +136,8 @@ def run_eval_bench(cfg: EvalBenchConfig) -> list[BenchResult]:
     amp = torch.bfloat16 if device.type == "cuda" else None  # what the protocols use
     protocols = [p.strip() for p in cfg.protocols.split(",") if p.strip()]
     for p in protocols:
-        if p not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {p!r}; choose from {', '.join(PROTOCOLS)}")
+        if p not in METHODS:
+            raise ValueError(f"unknown protocol {p!r}; choose from {', '.join(METHODS)}")
     head = max(1, cfg.crop_size // 32)
     torch.manual_seed(cfg.seed)
     ours = create_model(cfg.model, num_classes=cfg.num_classes, width=cfg.width, head_size=head).to(device).eval()
@@ -171,8 +171,8 @@ def run_eval_bench(cfg: EvalBenchConfig) -> list[BenchResult]:
             ref_fn = lambda: reference_dense(ref, images, amp)
         else:
             macs = crops_per_image() * crop_macs
-            ours_fn = lambda: multicrop(ours, images, cfg.crop_size, max_batch=cfg.max_crops)
-            ref_fn = lambda: reference_multicrop(ref, images, cfg.crop_size, amp, cfg.max_crops)
+            ours_fn = lambda: multicrop(ours, images, cfg.crop_size, crop_batch=cfg.crop_batch)
+            ref_fn = lambda: reference_multicrop(ref, images, cfg.crop_size, amp, cfg.crop_batch)
         label = "center 224-crop" if protocol == "center" and cfg.crop_size == 224 else (
             f"center {cfg.crop_size}-crop" if protocol == "center" else f"{protocol} Q={q}")
         runs = [("ours", ours_fn)] + ([("reference", ref_fn)] if ref is not None else [])

@@ -3,24 +3,24 @@
 Variants (``variants``, comma-separated):
 
 - ``reference``: torchvision's VGG class and a plain AMP loop (``verydeep.bench.reference``).
-- ``ours``: the body of ``verydeep.train.engine``'s loop as it ships: our VGG behind the
-  single-process :class:`~verydeep.parallel.strategy.DataParallel` strategy, the loop's
-  ``_forward_backward``, ``build_optimizer``, the per-step learning-rate set and dropout seed,
-  channels_last and cudnn.benchmark on CUDA, and the per-step finiteness check of the loss.
+- ``ours``: the training loop's own step, :func:`verydeep.train.step.train_step`, set up as
+  ``verydeep.train.setup`` sets up a single-process run: our VGG prepared by the run's
+  runtime policy (``verydeep.runtime``: bf16 and channels_last on CUDA) behind the
+  single-process data-parallel strategy, ``build_optimizer``, cudnn.benchmark and TF32 on CUDA.
 - ``ours+OPT[+OPT...]``: the same with changes the loop might adopt, to measure them first:
-  ``compile`` (torch.compile of the model), ``fused`` (SGD's fused CUDA kernel instead of
-  foreach), ``nosync`` (no per-step host read of the loss: the finiteness check deferred to the
-  logging step), ``slices`` (a bare micro-batch loop over the model instead of the strategy
-  layer, to measure what the parallel-strategy interface costs a single process),
-  ``graphs`` (the whole step captured once in a CUDA graph and replayed; implies nosync and
-  slices, CUDA only), ``cl`` / ``nocl`` (channels_last on / off).
+  ``compile`` (the model compiled in place, as ``train.compile`` does), ``fused`` (SGD's fused
+  CUDA kernel instead of foreach), ``nosync`` (no per-step host read of the loss: the step's
+  finiteness check off), ``slices`` (the strategy's forward/backward replaced by a bare
+  micro-batch loop over the model, to measure what the parallel-strategy interface costs a
+  single process), ``graphs`` (the whole step captured once in a CUDA graph and replayed:
+  no per-step LR, seed or check, so not through ``train_step``; implies nosync and slices,
+  CUDA only, no fp16 loss scaling), ``cl`` / ``nocl`` (channels_last on / off).
 
 Both sides see the same shapes, classes and precision; inputs already sit on the device.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import statistics
@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from verydeep.bench.common import (
-    backend_flags,
     BenchResult,
     amp_dtype,
+    backend_flags,
     forward_macs,
     peak_memory_mb,
     reset_peak_memory,
@@ -40,6 +40,16 @@ from verydeep.bench.common import (
     time_steps,
     training_tflops,
 )
+from verydeep.bench.reference import ReferenceStep, reference_model, reference_optimizer
+from verydeep.models import create_model
+from verydeep.parallel.config import ParallelConfig
+from verydeep.parallel.distributed import DistInfo
+from verydeep.parallel.strategy import ParallelStrategy, build_strategy
+from verydeep.runtime import build_runtime
+from verydeep.train.config import OptimConfig, ScheduleConfig
+from verydeep.train.optim import build_optimizer, parameter_groups
+from verydeep.train.schedules import LRSchedule
+from verydeep.train.step import StepSettings, train_step
 
 OPTIONS = ("compile", "fused", "nosync", "slices", "graphs", "cl", "nocl")
 
@@ -65,7 +75,7 @@ class TrainBenchConfig:
     interleave: bool | None = None
 
     @classmethod
-    def for_gpu(cls, **overrides) -> "TrainBenchConfig":
+    def for_gpu(cls, **overrides) -> TrainBenchConfig:
         """The paper's setting: VGG16 at 224, batch 256."""
         return replace(cls(width=1.0, image_size=224, batch_size=256, steps=20, warmup=5, repeats=3,
                            device="cuda"), **overrides)
@@ -81,106 +91,97 @@ def parse_variant(name: str) -> tuple[str, set[str]]:
     return base, set(opts)
 
 
-def forward_backward_slices(net, images, labels, accum, amp, scaler, label_smoothing, *,
+def forward_backward_slices(net, images, labels, accum, amp, loss_scale, label_smoothing, *,
                             autocast_cache: bool = True) -> torch.Tensor:
-    """``engine._forward_backward`` with micro-batches taken as views (no gather, no index copy).
+    """A bare micro-batch loop (views of the batch) over ``net``: forward, loss, backward; the batch-mean loss.
 
     ``autocast_cache=False`` under CUDA-graph capture, where autocast's weight cache must be off.
     """
     n = images.shape[0]
     size = -(-n // accum)
     total = torch.zeros((), device=images.device)
-    starts = range(0, n, size)
-    for i, start in enumerate(starts):
+    for start in range(0, n, size):
         x, y = images[start: start + size], labels[start: start + size]
-        sync = i == len(starts) - 1
-        ctx = net.no_sync() if (not sync and hasattr(net, "no_sync")) else contextlib.nullcontext()
-        with ctx:
-            with torch.autocast(images.device.type, dtype=amp, enabled=amp is not None,
-                                cache_enabled=autocast_cache):
-                loss = F.cross_entropy(net(x).float(), y, label_smoothing=label_smoothing)
-            scaler.scale(loss * (x.shape[0] / n)).backward()
+        with torch.autocast(images.device.type, dtype=amp, enabled=amp is not None, cache_enabled=autocast_cache):
+            loss = F.cross_entropy(net(x).float(), y, label_smoothing=label_smoothing)
+        (loss * (x.shape[0] / n) * loss_scale).backward()
         total += loss.detach() * (x.shape[0] / n)
     return total
 
 
-def _our_model(cfg: TrainBenchConfig, device: torch.device):
-    from verydeep.models import create_model
+class BareMicroBatches:
+    """The single-process strategy as ``train_step`` sees it, its forward/backward replaced by
+    :func:`forward_backward_slices` over the model (the ``slices`` option)."""
 
+    def __init__(self, strategy: ParallelStrategy, net: torch.nn.Module, accum: int) -> None:
+        self.strategy, self.net, self.accum = strategy, net, accum
+        self.dist = strategy.dist
+
+    def forward_backward(self, images, labels, *, amp_dtype=None, label_smoothing=0.0, loss_scale=1.0):
+        return forward_backward_slices(self.net, images, labels, self.accum, amp_dtype, loss_scale, label_smoothing)
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        return self.strategy.clip_grad_norm_(max_norm)
+
+
+def _our_model(cfg: TrainBenchConfig, device: torch.device):
     return create_model(cfg.model, num_classes=cfg.num_classes, width=cfg.width,
                         head_size=max(1, cfg.image_size // 32)).to(device)
 
 
-def _our_optimizer(model, device: torch.device, fused: bool):
-    from verydeep.train.config import OptimConfig
-    from verydeep.train.optim import build_optimizer, parameter_groups
-
+def _our_optimizer(module, device: torch.device, fused: bool):
     ocfg = OptimConfig()
     if not fused:
-        return build_optimizer(model, ocfg, device)
-    return torch.optim.SGD(parameter_groups(model, ocfg), lr=ocfg.lr, momentum=ocfg.momentum,
+        return build_optimizer(module, ocfg, device)
+    return torch.optim.SGD(parameter_groups(module, ocfg), lr=ocfg.lr, momentum=ocfg.momentum,
                            nesterov=ocfg.nesterov, fused=True)
 
 
 class OurStep:
-    """The per-step body of ``verydeep.train.engine.train``, with the measured options."""
+    """One :func:`~verydeep.train.step.train_step` per call, with the measured options."""
 
     def __init__(self, cfg: TrainBenchConfig, device: torch.device, opts: set[str]) -> None:
-        from verydeep.parallel.distributed import DistInfo
-        from verydeep.parallel.strategy import DataParallel
-        from verydeep.train.engine import _forward_backward, _step_seed
-
-        self.device, self.opts, self.cfg = device, opts, cfg
-        self.amp = amp_dtype(cfg.amp, device)
-        self.channels_last = ("cl" in opts) or (device.type == "cuda" and "nocl" not in opts)
-        self.model = _our_model(cfg, device)
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        self.optimizer = _our_optimizer(self.model, device, "fused" in opts and device.type == "cuda")
-        self.net = torch.compile(self.model) if "compile" in opts else self.model
-        self.strategy = DataParallel(self.model, DistInfo(device=device), accum=cfg.accum)
-        self.strategy.net = self.net  # the compiled module where asked; the same object otherwise
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp is torch.float16)
-        self.engine_fb = _forward_backward
-        self.fb = None
-        if "graphs" in opts:
-            self.fb = functools.partial(forward_backward_slices, autocast_cache=False)
-        elif "slices" in opts:
-            self.fb = forward_backward_slices
-        self.step_seed = _step_seed
-        self.check_every_step = not (opts & {"nosync", "graphs"})
+        self.opts, self.cfg = opts, cfg
+        channels_last = True if "cl" in opts else False if "nocl" in opts else None
+        self.runtime = build_runtime(device, cfg.amp, channels_last)
+        self.device = self.runtime.device
+        self.model = self.runtime.prepare_model(_our_model(cfg, device))
+        if "compile" in opts:
+            self.model.compile()
+        self.strategy = build_strategy(self.model, ParallelConfig(), DistInfo(device=self.device),
+                                       crop_size=cfg.image_size, accum=cfg.accum)
+        self.optimizer = _our_optimizer(self.strategy.local_module, device, "fused" in opts and device.type == "cuda")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.runtime.amp_dtype is torch.float16)
+        self.schedule = LRSchedule(ScheduleConfig(name="constant"), OptimConfig().lr, steps_per_epoch=1, epochs=1)
+        self.settings = StepSettings(seed=cfg.seed, amp_dtype=self.runtime.amp_dtype,
+                                     check_finite=not opts & {"nosync", "graphs"})
+        self.step_strategy = self.strategy
+        if "slices" in opts:
+            self.step_strategy = BareMicroBatches(self.strategy, self.model, cfg.accum)
         self.loss_sum = torch.zeros((), device=device)
         self.step_count = 0
         self.graph = None
-
-    def _body(self, images, labels) -> torch.Tensor:
-        if self.fb is None:
-            return self.engine_fb(self.strategy, images, labels, self.amp, self.scaler, 0.0)
-        return self.fb(self.net, images, labels, self.cfg.accum, self.amp, self.scaler, 0.0)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         if "graphs" in self.opts:
             self._replay(images, labels)
             return
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.optimizer.defaults["lr"]
-        torch.manual_seed(self.step_seed(self.cfg.seed, self.step_count, 0))
-        images = images.to(self.device, non_blocking=True)
+        images = self.runtime.prepare_input(images)
         labels = labels.to(self.device, non_blocking=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        loss = self._body(images, labels)
-        if self.check_every_step and not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at benchmark step {self.step_count}")
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.loss_sum += loss.detach()
+        loss = train_step(self.step_strategy, self.optimizer, self.scaler, self.schedule, images, labels,
+                          step=self.step_count, settings=self.settings)
+        self.loss_sum += loss
         self.step_count += 1
+
+    def _graph_body(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return forward_backward_slices(self.model, images, labels, self.cfg.accum, self.runtime.amp_dtype, 1.0, 0.0,
+                                       autocast_cache=False)
 
     def _replay(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         if self.device.type != "cuda":
             raise ValueError("the 'graphs' option needs a CUDA device")
+        if self.runtime.amp_dtype is torch.float16:
+            raise ValueError("the 'graphs' option has no fp16 loss scaling: use amp bf16 or none")
         if self.graph is None:
             self._capture(images, labels)
         self.static_images.copy_(images, non_blocking=True)
@@ -190,21 +191,20 @@ class OurStep:
         self.step_count += 1
 
     def _capture(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.static_images = images.to(self.device).contiguous(memory_format=fmt).clone()
+        self.static_images = self.runtime.prepare_input(images).clone()
         self.static_labels = labels.to(self.device).clone()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up (cuDNN autotuning, optimiser state) off the graph
             for _ in range(3):
                 self.optimizer.zero_grad(set_to_none=True)
-                self._body(self.static_images, self.static_labels)
+                self._graph_body(self.static_images, self.static_labels)
                 self.optimizer.step()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.cuda.graph(self.graph):
-            self.static_loss = self._body(self.static_images, self.static_labels)
+            self.static_loss = self._graph_body(self.static_images, self.static_labels)
             self.optimizer.step()
 
     def finish(self) -> float:
@@ -213,8 +213,6 @@ class OurStep:
 
 class RefStep:
     def __init__(self, cfg: TrainBenchConfig, device: torch.device) -> None:
-        from verydeep.bench.reference import ReferenceStep, reference_model, reference_optimizer
-
         self.model = reference_model(cfg.model, num_classes=cfg.num_classes, width=cfg.width,
                                      head_size=max(1, cfg.image_size // 32)).to(device)
         self.step = ReferenceStep(self.model, reference_optimizer(self.model), amp_dtype(cfg.amp, device), device)
@@ -244,7 +242,7 @@ def run_train_bench(cfg: TrainBenchConfig) -> list[BenchResult]:
             with backend_flags(device, benchmark=ours, tf32=ours):
                 step = OurStep(cfg, device, opts) if ours else RefStep(cfg, device)
                 reset_peak_memory(device)
-                _, _, rates = time_steps(lambda: step(images, labels), device=device, steps=cfg.steps,
+                _, _, rates = time_steps(functools.partial(step, images, labels), device=device, steps=cfg.steps,
                                          warmup=cfg.warmup, repeats=windows, images_per_step=cfg.batch_size)
                 mem[name] = max(mem.get(name, 0.0), peak_memory_mb(device))
             samples[name] += rates

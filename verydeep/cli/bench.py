@@ -53,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--crop-size", type=int, help="training crop (224 for the paper's nets)")
     e.add_argument("--scales", help="test scales Q, comma-separated (paper preset: 256,384,512)")
     e.add_argument("--protocols", help="comma-separated among center, dense, multicrop")
-    e.add_argument("--max-crops", type=int, help="multi-crop: crops per forward pass")
+    e.add_argument("--crop-batch", type=int, help="multi-crop: crops per forward pass")
     e.add_argument("--no-reference", action="store_true")
     e.set_defaults(func=run_eval)
 
@@ -142,7 +142,7 @@ def eval_config(args):
 
     cfg = _config(EvalBenchConfig, args, {"model": "model", "width": "width", "batch_size": "batch_size",
                                           "crop_size": "crop_size", "scales": "scales",
-                                          "protocols": "protocols", "max_crops": "max_crops"})
+                                          "protocols": "protocols", "crop_batch": "crop_batch"})
     if getattr(args, "no_reference", False):
         cfg = dataclasses.replace(cfg, reference=False)
     return cfg

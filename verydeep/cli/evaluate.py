@@ -8,19 +8,18 @@ import sys
 
 
 def _scale_sets(values: list[str] | None) -> list[str | list[int]]:
-    """Each --scales value: "single", "multi" or a comma list of Q."""
+    """Each --scales value: "single", "multi" or a comma list of Q (checked by resolve_scales)."""
+    from verydeep.evaluate.scales import SCALE_SETS
+
     out: list[str | list[int]] = []
-    for v in values or ["single", "multi"]:
-        if v in ("single", "multi"):
+    for v in values or list(SCALE_SETS):
+        if v in SCALE_SETS:
             out.append(v)
             continue
         try:
-            qs = [int(q) for q in v.split(",") if q.strip()]
+            out.append([int(q) for q in v.split(",") if q.strip()])
         except ValueError:
             raise ValueError(f"--scales {v!r}: expected 'single', 'multi' or integers like 256,384,512") from None
-        if not qs or min(qs) < 1:
-            raise ValueError(f"--scales {v!r}: test scales must be positive integers")
-        out.append(qs)
     return out
 
 
@@ -28,6 +27,13 @@ def _protocols(value: str) -> list[str]:
     from verydeep.evaluate.protocols import PROTOCOLS, check_protocol
 
     return list(PROTOCOLS) if value == "all" else [check_protocol(p.strip()) for p in value.split(",")]
+
+
+def _options(args: argparse.Namespace, **batching):
+    from verydeep.evaluate import EvalOptions
+
+    return EvalOptions(flip=args.flip, dense_average=args.dense_average, device=args.device, amp=args.amp,
+                       **batching)
 
 
 def _common(p: argparse.ArgumentParser, protocol_default: str) -> None:
@@ -44,7 +50,10 @@ def _common(p: argparse.ArgumentParser, protocol_default: str) -> None:
     p.add_argument("--no-flip", dest="flip", action="store_false", help="do not average with mirrored images")
     p.add_argument("--dense-average", choices=("scores", "posteriors"), default="scores",
                    help="dense: average the score map then softmax (paper, default), or softmax per location")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    # verydeep.runtime.AMP_MODES, spelled out so that building the parser does not import torch.
+    p.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default="auto",
+                   help="autocast precision: auto (bf16 on CUDA, fp32 on CPU), none (fp32), bf16 or fp16")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,7 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _common(p, "dense")
     p.add_argument("--data", help="dataset root (default: the one in the first checkpoint's recipe)")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: %(default)s)")
-    p.add_argument("--crop-batch", type=int, help="multi-crop: crops per forward pass (default 4 x batch size)")
+    p.add_argument("--crop-batch", type=int,
+                   help="multi-crop: most crops per forward pass (default 4 x batch size, at least one image's)")
     p.add_argument("--workers", type=int, help="data loading processes (default: the recipe's)")
     p.add_argument("--limit", type=int, help="evaluate only the first N validation images")
     p.add_argument("--json", metavar="PATH", help="write the rows as JSON")
@@ -84,11 +94,13 @@ def run_eval(args: argparse.Namespace) -> int:
     import dataclasses
 
     from verydeep.data import discover
-    from verydeep.evaluate import RowSpec, default_scales, evaluate_rows, load_eval_net
+    from verydeep.evaluate import RowSpec, evaluate_rows, load_eval_net, resolve_scales
     from verydeep.evaluate.report import format_table, write_json, write_per_class, write_per_image
     from verydeep.parallel.distributed import init_distributed, shutdown
+    from verydeep.runtime import build_runtime
 
     dist = init_distributed(args.device)
+    runtime = build_runtime(dist.device, args.amp)
     nets = [load_eval_net(c, caffe_bgr=args.caffe_bgr) for c in args.checkpoint]
     data_cfg = nets[0].data
     changes = {k: v for k, v in (("root", args.data), ("workers", args.workers)) if v is not None}
@@ -96,11 +108,11 @@ def run_eval(args: argparse.Namespace) -> int:
         data_cfg = dataclasses.replace(data_cfg, **changes)
     splits = discover(data_cfg)
     samples = splits.val[: args.limit] if args.limit else splits.val
-    rows = [RowSpec(p, tuple(default_scales(nets[0].data, s == "multi") if isinstance(s, str) else s))
+    rows = [RowSpec(p, tuple(resolve_scales(nets[0].data, s)))
             for s in _scale_sets(args.scales) for p in _protocols(args.protocol)]
-    result = evaluate_rows(nets, data_cfg, samples, rows, classes=splits.classes, flip=args.flip,
-                           batch_size=args.batch_size, device=dist.device, dense_average=args.dense_average,
-                           crop_batch=args.crop_batch)
+    options = _options(args, batch_size=args.batch_size, crop_batch=args.crop_batch)
+    result = evaluate_rows(nets, data_cfg, samples, rows, classes=splits.classes, options=options,
+                           runtime=runtime)
     if dist.is_main:
         title = f"{len(samples)} images of {data_cfg.root}" + (f", {len(nets)} nets fused" if len(nets) > 1 else "")
         print(format_table(result.rows, title=title))
@@ -116,16 +128,14 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from verydeep.evaluate import load_eval_net
-    from verydeep.evaluate.predict import predict
+    from verydeep.evaluate import load_eval_net, predict
 
     nets = [load_eval_net(c, caffe_bgr=args.caffe_bgr) for c in args.checkpoint]
     scale_sets, protos = _scale_sets(args.scales or ["single"]), _protocols(args.protocol)
     if len(scale_sets) != 1 or len(protos) != 1:
         raise ValueError("predict takes one --protocol and one --scales value")
-    scales, protocol = scale_sets[0], protos[0]
-    results = predict(nets, args.images, protocol=protocol, scales=scales, flip=args.flip,
-                      topk=args.topk, device=args.device, dense_average=args.dense_average)
+    results = predict(nets, args.images, protocol=protos[0], scales=scale_sets[0], topk=args.topk,
+                      options=_options(args))
     if args.json:
         text = json.dumps(results, indent=2)
         if args.json == "-":

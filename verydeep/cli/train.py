@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a VGG from a recipe (configs/*.yaml)")
-    p.add_argument("--config", required=True, help="recipe YAML, e.g. configs/paper_A_S256.yaml")
+    p = sub.add_parser("train", help="train a VGG from a recipe (a packaged one by name, or a YAML file)")
+    p.add_argument("--config", required=True,
+                   help="recipe: a packaged name (verydeep recipes lists them, e.g. paper_A_S256) or a YAML file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=0.001 (repeatable)")
     p.add_argument("--data", help="dataset folder with train/ and val/ (sets data.root)")
@@ -26,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="generate the demo data, train a narrow VGG on it, evaluate it")
     p.add_argument("--out", default="runs/demo", help="run directory")
     p.add_argument("--data", default="data/demo", help="where the demo dataset lives (made if missing)")
-    p.add_argument("--config", default=str(CONFIG_DIR / "demo.yaml"))
+    p.add_argument("--config", default="demo", help="recipe name or YAML file (default: the demo recipe)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=run_demo)
@@ -39,7 +37,7 @@ def _overrides(args) -> list[str]:
 
 def run_train(args: argparse.Namespace) -> int:
     from verydeep.config import load_config
-    from verydeep.train.engine import train
+    from verydeep.train.loop import train
 
     cfg = load_config(args.config, _overrides(args))
     out = args.out or str(Path("runs") / Path(args.config).stem)

@@ -7,9 +7,14 @@ is therefore the same whichever worker builds it and whenever it is built, so
 ``start_batch=k`` gives batches k, k+1, ... of the uninterrupted epoch, bit for bit, and the
 ``world_size`` ranks' batches together are the single-process batch of world_size x batch_size.
 
-Each loader item is a whole batch built in one worker (decode, crop, flip, then one vectorised
-normalisation over the batch), so workers, pinned memory, persistent workers and prefetching
-are those of ``torch.utils.data.DataLoader``.
+Each loader item is a whole batch built in one worker (decode, crop, flip, colour shift), so
+workers, pinned memory, persistent workers and prefetching are those of
+``torch.utils.data.DataLoader``. Who normalises depends on the device: for CPU training the
+workers do (one vectorised pass over the batch); for an accelerator they hand over uint8 NHWC
+crops and the colour shifts, and the loader normalises on the device (:func:`normalize_batch`).
+
+A run builds its training loader once and moves it with ``set_epoch(epoch, start_batch)``,
+as ``DistributedSampler.set_epoch``, so persistent workers live as long as the loader.
 """
 
 from __future__ import annotations
@@ -147,14 +152,21 @@ class TrainLoader:
     """Iterable over ``(images, labels, bad)`` batches of one epoch from ``start_batch``;
     ``len()`` is the number of batches it yields (batches_per_epoch - start_batch). Images
     come normalised, float32, on ``device`` (by the workers for a CPU device, on the device
-    otherwise); labels on ``device`` too."""
+    otherwise); labels on ``device`` too. :meth:`set_epoch` moves it to another epoch or batch."""
 
     def __init__(self, dataset: TrainBatches, epoch: int, start_batch: int, loader: DataLoader | None,
                  sampler: _BatchSampler | None, device: torch.device | str = "cpu", channels_last: bool = False):
-        self.dataset, self.epoch, self.start_batch = dataset, epoch, start_batch
+        self.dataset = dataset
         self.batches_per_epoch = len(dataset)
         self._loader, self._sampler = loader, sampler
         self.device, self.channels_last = torch.device(device), channels_last
+        self.set_epoch(epoch, start_batch)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Iterate ``epoch`` from batch ``start_batch`` on (a resumed run's position in it)."""
+        if not 0 <= start_batch <= self.batches_per_epoch:
+            raise ValueError(f"start_batch {start_batch} outside the epoch's {self.batches_per_epoch} batches")
+        self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:
         return max(0, self.batches_per_epoch - self.start_batch)
@@ -184,49 +196,30 @@ def _as_is(item):
     return item
 
 
-_persistent: dict = {}  # one live DataLoader whose workers survive from epoch to epoch
-
-
-def _dataloader(dataset, sampler, cfg: DataConfig, device_type: str, persistent: bool) -> DataLoader:
-    kwargs = {}
-    if cfg.workers > 0:
-        kwargs = {"prefetch_factor": cfg.prefetch_factor, "persistent_workers": persistent}
-    return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=cfg.workers, collate_fn=_as_is,
-                      pin_memory=cfg.pin_memory and device_type == "cuda", **kwargs)
-
-
 def build_train_loader(cfg: DataConfig, samples: Sequence[tuple[str, int]], batch_size: int, *, seed: int,
-                       epoch: int, start_batch: int = 0, rank: int = 0, world_size: int = 1,
+                       epoch: int = 0, start_batch: int = 0, rank: int = 0, world_size: int = 1,
                        device: torch.device | str = "cpu", channels_last: bool = False) -> TrainLoader:
     """Batches of ``(images float32 [B, 3, crop, crop] normalised, labels int64 [B], bad paths)``
-    for ``epoch``, starting at batch ``start_batch``, images and labels on ``device``
-    (workers decode and crop; for an accelerator the conversion to float and the normalisation
-    run on it, see :func:`normalize_batch`). ``batch_size`` is per process; the last incomplete
-    global batch is dropped so every rank has the same number of batches."""
+    for ``epoch``, starting at batch ``start_batch`` (later epochs: ``set_epoch``), images and
+    labels on ``device`` (workers decode and crop; for an accelerator the conversion to float
+    and the normalisation run on it, see :func:`normalize_batch`). ``batch_size`` is per
+    process; the last incomplete global batch is dropped so every rank has the same number of
+    batches. With ``cfg.workers > 0`` and ``cfg.persistent_workers`` the workers are started
+    once and serve every epoch."""
     device = torch.device(device)
-    device_type = device.type
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world_size {world_size}")
     if not samples:
         raise DataError("no training samples")
-    dataset = TrainBatches(cfg, samples, batch_size, seed, rank, world_size, raw=device_type != "cpu")
-    if not 0 <= start_batch <= len(dataset):
-        raise ValueError(f"start_batch {start_batch} outside the epoch's {len(dataset)} batches")
-    if cfg.workers == 0:
-        loader = sampler = None
-    elif cfg.persistent_workers:
-        key = (id(samples), len(samples), repr(cfg), batch_size, seed, rank, world_size, device_type)
-        if _persistent.get("key") != key:
-            _persistent.clear()  # the previous loader's workers exit when it is collected
-            sampler = _BatchSampler(len(dataset))
-            loader = _dataloader(dataset, sampler, cfg, device_type, persistent=True)
-            _persistent.update(key=key, dataset=dataset, loader=loader, sampler=sampler, samples=samples)
-        dataset, loader, sampler = _persistent["dataset"], _persistent["loader"], _persistent["sampler"]
-    else:
+    dataset = TrainBatches(cfg, samples, batch_size, seed, rank, world_size, raw=device.type != "cpu")
+    loader = sampler = None
+    if cfg.workers > 0:
         sampler = _BatchSampler(len(dataset))
-        loader = _dataloader(dataset, sampler, cfg, device_type, persistent=False)
+        loader = DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=cfg.workers, collate_fn=_as_is,
+                            pin_memory=cfg.pin_memory and device.type == "cuda", prefetch_factor=cfg.prefetch_factor,
+                            persistent_workers=cfg.persistent_workers)
     return TrainLoader(dataset, epoch, start_batch, loader, sampler, device, channels_last)
 
 

@@ -7,8 +7,8 @@ class ids it predicts, with names.
 - Our training checkpoints (``RUN_DIR`` = ``RUN_DIR/best.pt``, or a ``.pt`` file) carry the
   resolved config, whose ``data`` section gives the preprocessing, and the class list.
 - Files written by ``verydeep export --format safetensors`` carry the same in their header.
-- A bare torchvision state dict means torchvision's convention: RGB in [0, 1], mean (0.485,
-  0.456, 0.406), std (0.229, 0.224, 0.225), resize 256, crop 224, ImageNet's 1000 classes in
+- A bare torchvision state dict means torchvision's convention: RGB in [0, 1], ImageNet's
+  mean and std (``verydeep.data.config``), resize 256, crop 224, ImageNet's 1000 classes in
   sorted-synset order (names from torchvision's metadata).
 - ``caffe_bgr=True``: the authors' Caffe weights: conv1 is flipped to take RGB, and the input
   is 0-255 minus the mean pixel (std 1/255 on our [0, 1] scale).
@@ -24,15 +24,19 @@ from pathlib import Path
 
 from torch import nn
 
+from verydeep.config import config_from_dict
+from verydeep.data import DataConfig
+from verydeep.data.config import IMAGENET_MEAN, IMAGENET_STD
 from verydeep.models import VGG, read_weights
 from verydeep.models.weights import model_from_state
+from verydeep.train.checkpoint import find_checkpoint
 
 log = logging.getLogger(__name__)
 
 # DataConfig fields that describe how a net's input was made (the rest say where data lives
 # and how it is loaded, which belongs to the dataset being evaluated).
 PREPROCESSING_KEYS = ("normalize", "mean", "std", "stats_file", "crop_size", "scale_min", "scale_max")
-TORCHVISION = {"normalize": "mean_std", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+TORCHVISION = {"normalize": "mean_std", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
                "scale_min": 256, "scale_max": 256, "crop_size": 224}
 CAFFE = {"normalize": "mean_std", "mean": [123.68 / 255, 116.779 / 255, 103.939 / 255],
          "std": [1 / 255] * 3, "scale_min": 256, "scale_max": 256, "crop_size": 224}
@@ -40,15 +44,11 @@ CAFFE = {"normalize": "mean_std", "mean": [123.68 / 255, 116.779 / 255, 103.939 
 
 def data_config(values: dict | None = None):
     """A DataConfig from (a subset of) its fields; unknown keys are dropped with a warning."""
-    from verydeep.data import DataConfig
-
     names = {f.name for f in dataclasses.fields(DataConfig)}
     values = dict(values or {})
     unknown = sorted(set(values) - names)
     if unknown:
         log.warning("ignoring data settings this version does not know: %s", ", ".join(unknown))
-    from verydeep.config import config_from_dict
-
     return config_from_dict({"data": {k: v for k, v in values.items() if k in names}}).data
 
 
@@ -92,8 +92,6 @@ def _torchvision_names(num_classes: int) -> list[str] | None:
 
 def load_eval_net(path: str | Path, *, caffe_bgr: bool = False, which: str = "best") -> EvalNet:
     """Load a run directory, checkpoint, exported file or foreign VGG state dict."""
-    from verydeep.train.checkpoint import find_checkpoint
-
     file = find_checkpoint(path, which)
     state, meta = read_weights(file)
     model = model_from_state(state, meta, caffe_bgr=caffe_bgr, source=file).eval()

@@ -1,4 +1,12 @@
-"""Fusion of several nets (paper Sec. 4.3): average their softmax posteriors.
+"""Combining predictions: the mean of softmax class posteriors, and aligning nets' class orders.
+
+The paper combines every set of predictions the same way, by averaging soft-max class
+posteriors: an image and its flip (Sec. 3.2), test scales (Sec. 4.2), dense and multi-crop
+evaluation (Sec. 4.3, Table 5) and several nets (fusion, Sec. 4.4, Table 6).
+``PosteriorAverage`` is that one rule; protocols, the evaluator and ``predict`` all go through
+it. It keeps the running sum and divides once, at the end, so a sum built in parts (per net
+group, per pass) gives the same floating-point result as long as the parts are added in the
+same order.
 
 Nets trained on the same label set may still list classes in another order (or be foreign
 weights, e.g. torchvision's, whose order is the sorted ImageNet synsets); ``class_permutation``
@@ -7,19 +15,49 @@ maps each net's outputs onto the reference order before averaging.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
 
-def average_posteriors(posteriors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Element-wise mean of several [N, K] posterior tensors."""
-    if not posteriors:
-        raise ValueError("nothing to fuse: no posteriors given")
-    shapes = {tuple(p.shape) for p in posteriors}
-    if len(shapes) != 1:
-        raise ValueError(f"cannot fuse posteriors of different shapes: {sorted(shapes)}")
-    return torch.stack(list(posteriors)).mean(dim=0)
+class PosteriorAverage:
+    """Running mean of posterior tensors of one shape ([N, K], or [K] for one image)."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, posteriors: torch.Tensor, count: int = 1) -> PosteriorAverage:
+        """Add ``posteriors``, or a sum of ``count`` of them (another average's ``total``)."""
+        if self.total is None:
+            self.total = posteriors
+        elif posteriors.shape != self.total.shape:
+            raise ValueError(f"cannot average posteriors of different shapes: "
+                             f"{tuple(self.total.shape)} and {tuple(posteriors.shape)}")
+        else:
+            # Out of place: the first tensor added is the caller's and must stay as it was.
+            self.total = self.total + posteriors
+        self.count += count
+        return self
+
+    def merge(self, other: PosteriorAverage) -> PosteriorAverage:
+        """Fold in another average, weighted by how many posteriors it holds."""
+        if other.total is None:
+            return self
+        return self.add(other.total, other.count)
+
+    def mean(self) -> torch.Tensor:
+        if self.total is None:
+            raise ValueError("nothing to average: no posteriors given")
+        return self.total / self.count
+
+
+def average_posteriors(posteriors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Element-wise mean of posterior tensors of one shape, summed in the order given."""
+    average = PosteriorAverage()
+    for p in posteriors:
+        average.add(p)
+    return average.mean()
 
 
 def class_permutation(model_classes: Sequence[str] | None, reference: Sequence[str] | None,

@@ -7,32 +7,35 @@ from pathlib import Path
 
 import torch
 
+from verydeep.data import BadImageError, eval_transform, load_image
 from verydeep.evaluate import protocols
-from verydeep.evaluate.checkpoints import as_eval_nets
-from verydeep.evaluate.evaluator import default_scales
-from verydeep.evaluate.fusion import class_permutation
-from verydeep.parallel.distributed import resolve_device
+from verydeep.evaluate.checkpoints import EvalNet, as_eval_nets
+from verydeep.evaluate.fusion import PosteriorAverage, class_permutation
+from verydeep.evaluate.options import EvalOptions
+from verydeep.evaluate.scales import resolve_scales
+from verydeep.runtime import Runtime
 
 
 @torch.no_grad()
 def predict(nets, images: Sequence[str | Path], *, protocol: str = "dense",
-            scales: Sequence[int] | str | None = None, flip: bool = True, topk: int = 5,
-            device: str = "auto", dense_average: str = protocols.DENSE_AVERAGE) -> list[dict]:
-    """For each image: ``{"path", "top": [{"class", "name", "prob"}, ...]}`` (or ``"error"``).
+            scales: Sequence[int] | str = "single", topk: int = 5, options: EvalOptions | None = None,
+            runtime: Runtime | None = None) -> list[dict]:
+    """For each image: ``{"path", "protocol", "scales", "top": [{"class", "name", "prob"}, ...]}``
+    (or ``{"path", "error"}``).
 
     Several nets are fused (posteriors averaged; class order of the first net). ``scales``: a
-    list of Q, or "single" / "multi" from the first net's training scale (default "single").
+    list of Q, or "single" / "multi" from the first net's training scale. ``options``: flip,
+    dense average, multi-crop batching, and the device/AMP of the runtime built when
+    ``runtime`` is not given.
     """
-    from verydeep.data import BadImageError, eval_transform, load_image
-
+    options = options or EvalOptions()
     nets = as_eval_nets(nets)
-    protocols.check_protocol(protocol)
-    dev = resolve_device(device) if isinstance(device, str) else device
-    if scales is None or isinstance(scales, str):
-        scales = default_scales(nets[0].data, (scales or "single") == "multi")
+    methods = protocols.methods_of(protocol)
+    runtime = runtime or options.runtime()
+    scales = resolve_scales(nets[0].data, scales)
     reference = nets[0].classes
     perms = [class_permutation(n.classes, reference, source=n.source) for n in nets]
-    models = [n.model.to(dev).eval() for n in nets]
+    models = [runtime.prepare_model(n.model).eval() for n in nets]
     out = []
     for path in images:
         try:
@@ -40,24 +43,28 @@ def predict(nets, images: Sequence[str | Path], *, protocol: str = "dense",
         except (BadImageError, OSError) as e:
             out.append({"path": str(path), "error": str(e)})
             continue
-        total, count = None, 0
+        average = PosteriorAverage()
         for net, model, perm in zip(nets, models, perms):
-            crop_size = int(net.data.crop_size)
-            for q in scales:
-                for kind in protocols.KINDS[protocol]:
-                    crop = crop_size if kind == "center" and int(q) >= crop_size else None
-                    x = eval_transform(net.data, int(q), crop)(img)[None].to(dev)
-                    p = protocols.posteriors(kind, model, x, crop=crop_size, flip=flip,
-                                             dense_average=dense_average)[0].float().cpu()
-                    if perm is not None:
-                        p = p[perm]
-                    total = p if total is None else total + p
-                    count += 1
-        post = total / count
+            for p in _posteriors(img, net, model, scales, methods, options, runtime):
+                average.add(p if perm is None else p[perm])
+        post = average.mean()
         probs, idx = post.topk(min(topk, post.numel()))
         top = []
         for p, i in zip(probs.tolist(), idx.tolist()):
             cid, name = nets[0].label(i)
             top.append({"class": cid, "name": name, "prob": p})
-        out.append({"path": str(path), "protocol": protocol, "scales": [int(q) for q in scales], "top": top})
+        out.append({"path": str(path), "protocol": protocol, "scales": scales, "top": top})
     return out
+
+
+def _posteriors(img, net: EvalNet, model, scales: list[int], methods: Sequence[str], options: EvalOptions,
+                runtime: Runtime):
+    """One net's posteriors [K] of one decoded image, per test scale and method."""
+    crop_size = int(net.data.crop_size)
+    for q in scales:
+        for method in methods:
+            x = eval_transform(net.data, q, protocols.input_crop(method, q, crop_size))(img)[None]
+            p = protocols.posteriors(method, model, runtime.prepare_input(x), crop=crop_size, flip=options.flip,
+                                     dense_average=options.dense_average, crop_batch=options.crop_batch,
+                                     runtime=runtime)
+            yield p[0].float().cpu()

@@ -1,33 +1,38 @@
-"""The paper's test-time protocols, each turning a batch of images into class posteriors.
+"""The paper's test-time protocols, and the methods that turn a batch of images into posteriors.
 
-- ``center``: one crop of the training crop size from the image rescaled to Q (the loader
-  crops when Q >= crop, else the image is zero-padded), the classifier form of the net; the
-  single-crop validation of training.
-- ``dense_scores``: the fully-convolutional net on the whole image rescaled to Q; the class
-  score map is spatially averaged (Sec. 3.2).
-- ``multicrop``: a 5x5 grid of crops (``verydeep.evaluate.crops``), posteriors averaged.
-- ``flip``: each protocol also sees the horizontally mirrored input and averages the two
+Words used throughout ``verydeep.evaluate``:
+
+- a *method* makes class posteriors from images rescaled to one test scale Q:
+  - ``center``: one crop of the training crop size (the loader crops when Q >= crop, else the
+    image is zero-padded), the classifier form of the net; the single-crop validation of
+    training.
+  - ``dense``: the fully-convolutional net on the whole image; the class score map is
+    spatially averaged (Sec. 3.2).
+  - ``multicrop``: a 5x5 grid of crops (``verydeep.evaluate.crops``), posteriors averaged.
+
+  With ``flip`` each method also sees the horizontally mirrored input and averages the two
   softmax posteriors, as the paper does.
-
-Multi-scale averaging (over Q) and the dense + multi-crop combination are averages of these
-posteriors per image, done by the evaluator (each Q is its own pass over the data).
+- a *pass* is one method at one Q: one read of the data (the evaluator's unit of work).
+- a *protocol* is what a row of the paper's tables reports: ``center``, ``dense``,
+  ``multicrop`` or ``dense+multicrop`` (Table 5's "multi-crop & dense"), each at a set of
+  test scales. Its posterior is the average over its methods and scales
+  (``verydeep.evaluate.fusion``).
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 import torch.nn.functional as F
 
 from verydeep.evaluate.crops import GRID, center_crop, crops_per_image, multicrop_grid
+from verydeep.evaluate.fusion import average_posteriors
 from verydeep.models import VGG, fully_convolutional
+from verydeep.runtime import Runtime, build_runtime
 
+METHODS = ("center", "dense", "multicrop")
 PROTOCOLS = ("center", "dense", "multicrop", "dense+multicrop")
-# What each protocol needs per scale: the loader crop ('crop': centre crop of the training
-# size, 'full': the whole rescaled image) and the posteriors it averages.
-KINDS = {"center": ("center",), "dense": ("dense",), "multicrop": ("multicrop",),
-         "dense+multicrop": ("dense", "multicrop")}
+PROTOCOL_METHODS = {"center": ("center",), "dense": ("dense",), "multicrop": ("multicrop",),
+                    "dense+multicrop": ("dense", "multicrop")}
 # Paper Sec. 3.2: "the class score map is spatially averaged (sum-pooled) to obtain a
 # fixed-size vector of class scores", then softmax. Averaging per-location posteriors is the
 # alternative ("posteriors").
@@ -35,23 +40,32 @@ DENSE_AVERAGE = "scores"
 
 
 def check_protocol(protocol: str) -> str:
-    if protocol not in KINDS:
+    if protocol not in PROTOCOL_METHODS:
         raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
     return protocol
 
 
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA; full precision elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def methods_of(protocol: str) -> tuple[str, ...]:
+    """The methods whose posteriors a protocol averages (per test scale)."""
+    return PROTOCOL_METHODS[check_protocol(protocol)]
 
 
-def _run(net, x: torch.Tensor) -> torch.Tensor:
-    if x.device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    with autocast_for(x.device):
-        return net(x).float()
+def input_crop(method: str, scale: int, crop_size: int) -> int | None:
+    """The crop to make when reading an image at test scale ``scale`` for ``method``.
+
+    ``center`` lets the reader take the centre crop, as training's validation does, which
+    needs Q >= crop; below that, and for the other methods, the whole rescaled image is read
+    and the method crops or pads it itself.
+    """
+    return crop_size if method == "center" and scale >= crop_size else None
+
+
+def _forward(model, x: torch.Tensor, runtime: Runtime | None) -> torch.Tensor:
+    # Callers without a runtime (benchmarks, single calls) get the process default for the
+    # input's device: the same policy ``build_runtime`` applies everywhere else.
+    runtime = runtime or build_runtime(x.device)
+    with runtime.autocast():
+        return model(runtime.prepare_input(x)).float()
 
 
 def _with_flip(x: torch.Tensor, flip: bool) -> torch.Tensor:
@@ -59,11 +73,12 @@ def _with_flip(x: torch.Tensor, flip: bool) -> torch.Tensor:
 
 
 def _average_flip(p: torch.Tensor, batch: int, flip: bool) -> torch.Tensor:
-    return (p[:batch] + p[batch:]) / 2 if flip else p
+    return average_posteriors([p[:batch], p[batch:]]) if flip else p
 
 
 @torch.no_grad()
-def center(model: VGG, images: torch.Tensor, *, crop: int | None = None, flip: bool = True) -> torch.Tensor:
+def center(model: VGG, images: torch.Tensor, *, crop: int | None = None, flip: bool = True,
+           runtime: Runtime | None = None) -> torch.Tensor:
     """Posteriors [B, K] of the classifier on the centre ``crop`` of the images, flip-averaged.
 
     Images already cropped by the loader pass through; larger ones are centre-cropped here,
@@ -72,7 +87,7 @@ def center(model: VGG, images: torch.Tensor, *, crop: int | None = None, flip: b
     b = images.shape[0]
     if crop is not None:
         images = center_crop(images, crop)
-    probs = _run(model, _with_flip(images, flip)).softmax(dim=1)
+    probs = _forward(model, _with_flip(images, flip), runtime).softmax(dim=1)
     return _average_flip(probs, b, flip)
 
 
@@ -82,8 +97,8 @@ def min_dense_size(model: VGG) -> int:
 
 
 @torch.no_grad()
-def dense_scores(model: VGG, images: torch.Tensor, *, flip: bool = True,
-                 average: str = DENSE_AVERAGE) -> torch.Tensor:
+def dense_scores(model: VGG, images: torch.Tensor, *, flip: bool = True, average: str = DENSE_AVERAGE,
+                 runtime: Runtime | None = None) -> torch.Tensor:
     """Dense evaluation: posteriors [B, K] of whole images of any (shared) size.
 
     ``average="scores"`` (default, the paper's wording): spatially average the class score
@@ -99,7 +114,7 @@ def dense_scores(model: VGG, images: torch.Tensor, *, flip: bool = True,
     if h < m or w < m:
         ph, pw = max(0, m - h), max(0, m - w)
         images = F.pad(images, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-    score_map = _run(fully_convolutional(model), _with_flip(images, flip))  # [B', K, H', W']
+    score_map = _forward(fully_convolutional(model), _with_flip(images, flip), runtime)  # [B', K, H', W']
     if average == "scores":
         probs = score_map.mean(dim=(2, 3)).softmax(dim=1)
     else:
@@ -109,28 +124,29 @@ def dense_scores(model: VGG, images: torch.Tensor, *, flip: bool = True,
 
 @torch.no_grad()
 def multicrop(model: VGG, images: torch.Tensor, crop: int, *, flip: bool = True, grid: int = GRID,
-              max_batch: int | None = None) -> torch.Tensor:
+              crop_batch: int | None = None, runtime: Runtime | None = None) -> torch.Tensor:
     """Multi-crop evaluation: mean posterior [B, K] over the grid x flip crops of each image.
 
-    The crops of several images are concatenated and run ``max_batch`` at a time (default:
+    The crops of several images are concatenated and run ``crop_batch`` at a time (default:
     all crops of the batch in one forward pass).
     """
     b = images.shape[0]
     per = crops_per_image(grid, flip)
     crops = multicrop_grid(images, crop, grid, flip).flatten(0, 1)  # [B * per, C, crop, crop]
-    step = max_batch or crops.shape[0]
-    probs = torch.cat([_run(model, crops[i: i + step]).softmax(dim=1)
+    step = crop_batch or crops.shape[0]
+    probs = torch.cat([_forward(model, crops[i: i + step], runtime).softmax(dim=1)
                        for i in range(0, crops.shape[0], step)])
     return probs.view(b, per, -1).mean(dim=1)
 
 
-def posteriors(kind: str, model: VGG, images: torch.Tensor, *, crop: int, flip: bool = True,
-               dense_average: str = DENSE_AVERAGE, max_batch: int | None = None) -> torch.Tensor:
-    """One protocol's posteriors for a batch (``kind``: center, dense or multicrop)."""
-    if kind == "center":
-        return center(model, images, crop=crop, flip=flip)
-    if kind == "dense":
-        return dense_scores(model, images, flip=flip, average=dense_average)
-    if kind == "multicrop":
-        return multicrop(model, images, crop, flip=flip, max_batch=max_batch)
-    raise ValueError(f"unknown evaluation kind {kind!r}; choose center, dense or multicrop")
+def posteriors(method: str, model: VGG, images: torch.Tensor, *, crop: int, flip: bool = True,
+               dense_average: str = DENSE_AVERAGE, crop_batch: int | None = None,
+               runtime: Runtime | None = None) -> torch.Tensor:
+    """One method's posteriors [B, K] for a batch of images at one test scale."""
+    if method == "center":
+        return center(model, images, crop=crop, flip=flip, runtime=runtime)
+    if method == "dense":
+        return dense_scores(model, images, flip=flip, average=dense_average, runtime=runtime)
+    if method == "multicrop":
+        return multicrop(model, images, crop, flip=flip, crop_batch=crop_batch, runtime=runtime)
+    raise ValueError(f"unknown evaluation method {method!r}; choose from {', '.join(METHODS)}")

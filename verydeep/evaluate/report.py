@@ -9,8 +9,6 @@ from pathlib import Path
 
 from verydeep.topk import per_class_accuracy
 
-ROW_KEYS = ("protocol", "scales", "top1_error", "top5_error", "images", "images_per_s")
-
 
 def _scales(row: dict) -> str:
     return ",".join(str(q) for q in row["scales"])

@@ -1,14 +1,13 @@
-"""Run metrics: ``metrics.jsonl`` (one JSON object per line), TensorBoard, progress display."""
+"""Run metrics: ``metrics.jsonl`` (one JSON object per line), TensorBoard, the training loss meter."""
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +53,32 @@ class MetricsLog:
             self._tb = None
 
 
+class TrainMeter:
+    """One epoch's training figures: the mean loss since the last report, and images/s since
+    the epoch began. Losses are summed on the device, so a step costs no host sync; a report
+    reads the sum once."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), device=device)
+        self.losses = 0
+        self.images = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, loss: torch.Tensor | None, images: int) -> None:
+        """One step's loss (None: a skipped step, which counts only its images)."""
+        if loss is not None:
+            self.loss_sum += loss.detach()
+            self.losses += 1
+        self.images += images
+
+    def report(self) -> tuple[float, float]:
+        """(mean loss since the last report, images/s since the epoch began); starts a new loss window."""
+        mean = (self.loss_sum / max(1, self.losses)).item()
+        self.loss_sum.zero_()
+        self.losses = 0
+        return mean, self.images / (time.perf_counter() - self.t0)
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
@@ -69,29 +94,3 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
                     continue
                 raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
     return out
-
-
-class Progress:
-    """A tqdm bar on a terminal, plain log lines otherwise (files, CI); silent off rank 0."""
-
-    def __init__(self, total: int, desc: str, enabled: bool = True, initial: int = 0, every: int = 10) -> None:
-        self.enabled = enabled
-        self.tty = enabled and sys.stderr.isatty()
-        self.every = max(1, every)
-        self.n = initial
-        self.total = total
-        self.desc = desc
-        self._bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=False) if self.tty else None
-
-    def update(self, **postfix) -> None:
-        self.n += 1
-        if self._bar is not None:
-            self._bar.set_postfix(postfix, refresh=False)
-            self._bar.update(1)
-        elif self.enabled and (self.n % self.every == 0 or self.n == self.total):
-            text = " ".join(f"{k}={v}" for k, v in postfix.items())
-            print(f"{self.desc} {self.n}/{self.total} {text}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()

@@ -6,15 +6,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from verydeep.data import build_eval_loader
-from verydeep.topk import topk_hits
+from verydeep.config import Config
+from verydeep.data import Splits, build_eval_loader
 from verydeep.parallel.strategy import ParallelStrategy
+from verydeep.runtime import Runtime
+from verydeep.topk import topk_hits
 
 
 @torch.no_grad()
-def validate(strategy: ParallelStrategy, cfg, splits, *, per_process_batch: int,
-             amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict:
-    device = strategy.device
+def validate(strategy: ParallelStrategy, cfg: Config, splits: Splits, *, per_process_batch: int,
+             runtime: Runtime) -> dict:
+    device = runtime.device
     was_training = strategy.local_module.training
     strategy.eval()
     loader = build_eval_loader(cfg.data, splits.val, per_process_batch, scale=cfg.data.eval_scale,
@@ -31,11 +33,9 @@ def validate(strategy: ParallelStrategy, cfg, splits, *, per_process_batch: int,
     for _ in range(int(calls.item())):
         images, labels, _indices, bad = next(batches, (empty, torch.zeros(0, dtype=torch.long), None, []))
         sums[4] += len(bad)
-        images = images.to(device, non_blocking=True)
+        images = runtime.prepare_input(images)
         labels = labels.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        logits = strategy.eval_logits(images, amp_dtype=amp_dtype)
+        logits = strategy.eval_logits(images, amp_dtype=runtime.amp_dtype)
         if images.shape[0] == 0:
             continue
         sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()

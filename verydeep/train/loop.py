@@ -1,0 +1,201 @@
+"""The training loop (the paper's Sec. 3.1), readable top to bottom.
+
+config -> :func:`~verydeep.train.setup.setup` (data, model, optimiser, ...) -> epochs of
+:func:`~verydeep.train.step.train_step` -> validation, the plateau rule and checkpoints at
+each epoch's end -> metrics and curves. Parallel modes wrap the same model; the loop does not
+change with them.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from verydeep.config import Config
+from verydeep.parallel.distributed import all_reduce_sum, barrier
+from verydeep.progress import progress_bar
+from verydeep.train.metrics import TrainMeter
+from verydeep.train.plot import plot_run
+from verydeep.train.setup import Run, setup
+from verydeep.train.state import TrainState
+from verydeep.train.step import NonFiniteLossError, train_step
+from verydeep.train.validate import validate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    is_main: bool
+    epochs_done: int
+    steps: int
+    best_top1_error: float | None
+    last_val: dict = field(default_factory=dict)
+    stopped_because: str = ""
+    bad_files: int = 0
+
+
+class StopFlag:
+    """SIGTERM/SIGINT (preemption, Ctrl-C) ask the loop to checkpoint and leave at a step boundary."""
+
+    def __init__(self) -> None:
+        self.raised: str | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.raised:  # second signal: leave now
+            raise KeyboardInterrupt
+        self.raised = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train(cfg: Config, out_dir: str | Path, *, resume: bool = False) -> TrainResult:
+    """Train ``cfg`` into ``out_dir`` (``--resume``: from its ``last.pt``) until the epochs, the
+    iteration cap or the plateau rule end the run, or a signal interrupts it."""
+    run, state = setup(cfg, Path(out_dir), resume=resume)
+    try:
+        with StopFlag() as stop:
+            while run.more_to_train(state):
+                bad_files = train_one_epoch(run, state, stop)
+                if stop.raised:
+                    run.save_checkpoint(state, "last.pt")  # a run to continue: written before the reason
+                    state.stopped_because = f"interrupted by {stop.raised}"
+                    if run.is_main:
+                        log.warning("%s: checkpoint written at step %d; continue with --resume",
+                                    state.stopped_because, state.step)
+                    break
+                end_of_epoch(run, state, bad_files)
+    finally:
+        run.metrics.close()
+    return _finish(run, state)
+
+
+def train_one_epoch(run: Run, state: TrainState, stop: StopFlag) -> int:
+    """Steps from ``state.batch_in_epoch`` to the epoch's end, the iteration cap or a signal;
+    logs, validates and checkpoints on the way as configured. Returns the number of unreadable
+    training images skipped in the epoch (over all ranks)."""
+    cfg = run.cfg.train
+    run.strategy.train()
+    run.loader.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
+    bar = progress_bar(total=run.steps_per_epoch, initial=state.batch_in_epoch, disable=not run.is_main,
+                       desc=f"epoch {state.epoch + 1}/{cfg.epochs}", leave=False)
+    meter = TrainMeter(run.runtime.device)
+    bad_files = 0
+    for images, labels, bad in run.loader:
+        if state.batch_in_epoch >= run.steps_per_epoch:
+            break
+        loss = _step(run, state, images, labels)
+        if loss is None:
+            run.metrics.write({"kind": "skipped", "epoch": state.epoch, "step": state.step})
+        state.step += 1
+        state.batch_in_epoch += 1
+        meter.add(loss, images.shape[0] * run.strategy.data_world)
+        bad_files += len(bad)
+        lr = run.optimizer.param_groups[0]["lr"]
+        run.metrics.scalar("train/lr_per_step", lr, state.step)
+        if state.step % cfg.log_every == 0 or state.batch_in_epoch == run.steps_per_epoch:
+            _log_train(run, state, meter, lr, bar)
+        bar.update(1)
+        in_epoch = state.batch_in_epoch < run.steps_per_epoch  # the epoch's end validates anyway
+        if cfg.val_every_steps and state.step % cfg.val_every_steps == 0 and in_epoch:
+            _validate(run, state, "in-epoch")
+        if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0:
+            run.save_checkpoint(state, "last.pt")
+        if stop.raised or state.step >= run.max_steps:
+            break
+    bar.close()
+    bad_files = int(all_reduce_sum(torch.tensor(bad_files, device=run.runtime.device)).item())
+    state.bad_files += bad_files
+    if bad_files and run.is_main:
+        log.warning("epoch %d: %d unreadable training images skipped (replacements drawn)", state.epoch + 1,
+                    bad_files)
+    return bad_files
+
+
+def _step(run: Run, state: TrainState, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+    # The step knows its number only; a stopped run's message also says where in the epoch it
+    # stopped and what is on disk.
+    try:
+        return train_step(run.strategy, run.optimizer, run.scaler, run.schedule, images, labels, step=state.step,
+                          settings=run.step_settings)
+    except NonFiniteLossError as e:
+        raise NonFiniteLossError(
+            f"{e} (epoch {state.epoch + 1}, batch {state.batch_in_epoch}); stopped without saving: "
+            f"{run.run_dir / 'last.pt'} holds the last good state "
+            f"(set train.nonfinite=skip to skip such steps, or lower optim.lr)") from None
+
+
+def _log_train(run: Run, state: TrainState, meter: TrainMeter, lr: float, bar) -> None:
+    loss, images_per_s = meter.report()
+    run.metrics.write({"kind": "train", "epoch": state.epoch, "step": state.step, "loss": loss, "lr": lr,
+                       "images_per_s": round(images_per_s, 1)})
+    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.0f}", refresh=False)
+
+
+def _validate(run: Run, state: TrainState, tag: str) -> dict:
+    result = validate(run.strategy, run.cfg, run.splits, per_process_batch=run.val_batch_size, runtime=run.runtime)
+    run.metrics.write({"kind": "val", "epoch": state.epoch, "step": state.step, **result, "tag": tag})
+    if run.is_main:
+        unreadable = result["val_bad_images"]
+        log.info("val epoch %d step %d: loss %.4f top-1 error %.2f%% top-5 error %.2f%%%s", state.epoch, state.step,
+                 result["val_loss"], result["val_top1_error"], result["val_top5_error"],
+                 f" ({unreadable} unreadable images counted as errors)" if unreadable else "")
+    state.last_val = result
+    return result
+
+
+def end_of_epoch(run: Run, state: TrainState, bad_files: int) -> None:
+    """Validate; on a completed epoch apply the plateau rule (Sec. 3.1: LR / 10 when val error
+    stops improving); decide whether the run stops; write last.pt, and best.pt on a new best."""
+    epoch_done = state.batch_in_epoch >= run.steps_per_epoch
+    top1 = _validate(run, state, "epoch")["val_top1_error"]
+    run.metrics.write({"kind": "epoch", "epoch": state.epoch, "step": state.step, "bad_files": bad_files})
+    improved = state.best_top1_error is None or top1 < state.best_top1_error
+    if epoch_done:
+        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    action = run.schedule.on_validation(top1) if epoch_done else "n/a"
+    if action == "decrease" and run.is_main:
+        log.info("val top-1 error stopped improving: LR divided by %g (decrease %d of %d)",
+                 1 / run.cfg.schedule.factor, run.schedule.decreases, run.cfg.schedule.max_decreases)
+    if action == "stop":
+        state.plateau_stopped = True
+        state.stopped_because = f"val top-1 error stopped improving after {run.schedule.decreases} LR decreases"
+    elif state.epoch >= run.cfg.train.epochs:
+        state.stopped_because = f"completed {state.epoch} epochs"
+    elif state.step >= run.max_steps:
+        state.stopped_because = (f"reached {state.step} iterations "
+                                 f"(train.max_iterations={run.cfg.train.max_iterations})")
+    if improved:
+        state.best_top1_error = top1
+    run.save_checkpoint(state, "last.pt")
+    if improved:
+        run.save_checkpoint(state, "best.pt")
+    barrier()
+
+
+def _finish(run: Run, state: TrainState) -> TrainResult:
+    if run.is_main and run.cfg.train.plot and (run.run_dir / "metrics.jsonl").is_file():
+        png = plot_run(run.run_dir)
+        best = state.best_top1_error
+        log.info("finished: %s; best val top-1 error %s%%; checkpoints %s, %s; metrics %s; plot %s",
+                 state.stopped_because or "done", f"{best:.2f}" if best is not None else "n/a",
+                 run.run_dir / "best.pt", run.run_dir / "last.pt", run.run_dir / "metrics.jsonl", png)
+    return TrainResult(run_dir=run.run_dir, is_main=run.is_main, epochs_done=state.epoch, steps=state.step,
+                       best_top1_error=state.best_top1_error, last_val=state.last_val,
+                       stopped_because=state.stopped_because, bad_files=state.bad_files)

@@ -1,0 +1,181 @@
+"""Everything a training run builds once before its first step, and the state it starts from.
+
+:func:`setup` joins the process group, fixes the runtime policy (device, AMP, memory format),
+finds the data, builds the model and spreads it with its parallel strategy, then the
+optimiser, LR schedule, loss scaler, metrics log and training loader; under ``--resume`` it
+restores all of them from ``last.pt``. The loop (``verydeep.train.loop``) only uses them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from verydeep.config import Config, save_config
+from verydeep.data import Splits, build_train_loader, discover
+from verydeep.data.loaders import TrainLoader
+from verydeep.models.from_config import model_from_config
+from verydeep.models.vgg import VGGSpec
+from verydeep.parallel.distributed import DistInfo, barrier, init_distributed
+from verydeep.parallel.strategy import ParallelStrategy, build_strategy
+from verydeep.runtime import Runtime, build_runtime, configure_backends
+from verydeep.train.checkpoint import (
+    TrainingCheckpoint,
+    load_training_checkpoint,
+    save_training_checkpoint,
+)
+from verydeep.train.metrics import MetricsLog
+from verydeep.train.optim import build_optimizer
+from verydeep.train.schedules import LRSchedule
+from verydeep.train.state import TrainState
+from verydeep.train.step import StepSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """What :func:`setup` built: fixed for the run, used by every step and epoch."""
+
+    cfg: Config
+    run_dir: Path
+    dist: DistInfo
+    runtime: Runtime
+    splits: Splits
+    spec: VGGSpec
+    strategy: ParallelStrategy
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    scaler: torch.amp.GradScaler
+    step_settings: StepSettings
+    metrics: MetricsLog
+    loader: TrainLoader
+    steps_per_epoch: int  # global batches in an epoch
+    max_steps: float  # the epochs' steps, capped by train.max_iterations
+    val_batch_size: int  # per process
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    def more_to_train(self, state: TrainState) -> bool:
+        return (state.epoch < self.cfg.train.epochs and state.step < self.max_steps
+                and not state.plateau_stopped)
+
+    def save_checkpoint(self, state: TrainState, name: str) -> None:
+        """Write RUN_DIR/``name``; collective: every rank calls it (the weights are gathered from all)."""
+        weights = self.strategy.full_state_dict()
+        if not self.is_main:
+            return
+        save_training_checkpoint(self.run_dir / name, state, weights=weights, spec=self.spec, cfg=self.cfg,
+                                 classes=self.splits.classes, class_names=self.splits.class_names,
+                                 optimizer=self.optimizer, schedule=self.schedule, scaler=self.scaler,
+                                 world_size=self.dist.world_size, parallel_mode=self.strategy.mode)
+
+
+def batch_plan(global_batch: int, world: int, micro: int | None) -> tuple[int, int]:
+    """(per-process batch, accumulation steps) realising ``global_batch`` on ``world`` ranks."""
+    if global_batch % world:
+        raise ValueError(f"train.batch_size={global_batch} is not divisible by the {world} processes")
+    per_process = global_batch // world
+    micro = micro or per_process
+    if per_process % micro:
+        raise ValueError(
+            f"train.micro_batch_size={micro} does not divide the per-process batch {per_process} "
+            f"(batch_size {global_batch} over {world} processes)"
+        )
+    return per_process, per_process // micro
+
+
+def _batches(cfg: Config, world_size: int, train_images: int) -> tuple[int, int, int]:
+    """(per-process batch, accumulation steps, steps per epoch) of this run."""
+    if world_size % cfg.parallel.pipeline_stages:
+        raise ValueError(f"parallel.pipeline_stages={cfg.parallel.pipeline_stages} does not divide the "
+                         f"{world_size} processes")
+    data_world = world_size // cfg.parallel.pipeline_stages  # data-parallel replicas
+    per_process, accum = batch_plan(cfg.train.batch_size, data_world, cfg.train.micro_batch_size)
+    steps_per_epoch = train_images // cfg.train.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"train.batch_size={cfg.train.batch_size} is larger than the training set ({train_images} images)"
+        )
+    return per_process, accum, steps_per_epoch
+
+
+def _checkpoint_to_resume(run_dir: Path, resume: bool) -> TrainingCheckpoint | None:
+    path = run_dir / "last.pt"
+    if not resume:
+        return None
+    if not path.is_file():
+        log.warning("--resume: no checkpoint in %s, starting from scratch", run_dir)
+        return None
+    return load_training_checkpoint(path)
+
+
+def _resumed_state(ckpt: TrainingCheckpoint, run: Run) -> TrainState:
+    state = ckpt.restore(optimizer=run.optimizer, schedule=run.schedule, scaler=run.scaler,
+                         parallel_mode=run.strategy.mode)
+    log.info("resumed from %s at epoch %d, step %d (batch %d of the epoch)", run.run_dir / "last.pt", state.epoch,
+             state.step, state.batch_in_epoch)
+    if state.plateau_stopped:
+        log.info("the run had already finished (%s)", state.stopped_because)
+    if run.more_to_train(state):
+        state.stopped_because = ""  # a finished run resumed with a longer recipe trains on
+    return state
+
+
+def _log_plan(run: Run, accum: int, per_process: int) -> None:
+    cfg, splits = run.cfg, run.splits
+    log.info("parallelism: %s", run.strategy.describe())
+    log.info("run %s: %d train / %d val images, %d classes (val layout: %s); %d steps/epoch, "
+             "global batch %d = %d process(es) x %d accumulation x %d", run.run_dir, len(splits.train),
+             len(splits.val), len(splits.classes), splits.val_layout, run.steps_per_epoch, cfg.train.batch_size,
+             run.dist.world_size, accum, per_process // accum)
+
+
+def setup(cfg: Config, run_dir: Path, *, resume: bool = False) -> tuple[Run, TrainState]:
+    """The run's parts and the state to start from: fresh, or ``run_dir/last.pt``'s under ``resume``."""
+    dist = init_distributed(cfg.train.device, cfg.parallel.backend)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    barrier()
+    torch.manual_seed(cfg.train.seed + dist.rank)
+    runtime = build_runtime(dist.device, cfg.train.amp, cfg.train.channels_last, dist.local_rank)
+    configure_backends(runtime.device, cfg.train.cudnn_benchmark)
+    splits = discover(cfg.data)
+    per_process, accum, steps_per_epoch = _batches(cfg, dist.world_size, len(splits.train))
+
+    ckpt = _checkpoint_to_resume(run_dir, resume)
+    model = model_from_config(cfg.model, len(splits.classes), cfg.data.crop_size)
+    if ckpt is not None:
+        model.load_state_dict(ckpt.weights)
+    if runtime.channels_last:  # the memory format only: the strategy places each rank's part on its device
+        model.to(memory_format=torch.channels_last)
+    if cfg.train.compile:
+        model.compile()  # compiles forward in place; state-dict keys stay unchanged
+    strategy = build_strategy(model, cfg.parallel, dist, crop_size=cfg.data.crop_size, accum=accum)
+    run = Run(
+        cfg=cfg, run_dir=run_dir, dist=dist, runtime=runtime, splits=splits, spec=model.spec, strategy=strategy,
+        optimizer=build_optimizer(strategy.local_module, cfg.optim, runtime.device),
+        scaler=torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype is torch.float16),
+        schedule=LRSchedule(cfg.schedule, cfg.optim.lr, steps_per_epoch, cfg.train.epochs, cfg.train.max_iterations),
+        step_settings=StepSettings(seed=cfg.train.seed, amp_dtype=runtime.amp_dtype,
+                                   label_smoothing=cfg.train.label_smoothing, grad_clip=cfg.optim.grad_clip,
+                                   nonfinite=cfg.train.nonfinite),
+        metrics=MetricsLog(run_dir, enabled=dist.is_main, tensorboard=cfg.train.tensorboard),
+        loader=build_train_loader(cfg.data, splits.train, per_process, seed=cfg.train.seed,
+                                  rank=strategy.data_rank, world_size=strategy.data_world,
+                                  device=runtime.device, channels_last=runtime.channels_last),
+        steps_per_epoch=steps_per_epoch,
+        max_steps=min(cfg.train.epochs * steps_per_epoch, cfg.train.max_iterations or math.inf),
+        val_batch_size=cfg.train.val_batch_size or per_process,
+    )
+    state = TrainState() if ckpt is None else _resumed_state(ckpt, run)
+    if dist.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+        _log_plan(run, accum, per_process)
+    return run, state

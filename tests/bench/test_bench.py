@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -28,9 +29,10 @@ def _run(tmp_path, capsys, *argv):
 
 def test_bench_train_reports_ours_and_reference(tmp_path, capsys):
     report = _run(tmp_path, capsys, "train", "--image-size", "32", "--batch-size", "2",
-                  "--variants", "reference,ours+slices+nosync")
+                  "--variants", "reference,reference+timm,ours+slices+nosync")
     rows = {r["variant"]: r for r in report["results"]}
-    assert set(rows) == {"reference", "ours+slices+nosync"}
+    assert set(rows) == {"reference", "reference+timm", "ours+slices+nosync"}
+    assert set(rows["ours+slices+nosync"]["ratios"]) == {"reference", "reference+timm"}
     assert rows["reference"]["ratio"] is None
     ours = rows["ours+slices+nosync"]
     assert ours["ratio"] > 0 and ours["reference"] == "reference"
@@ -93,10 +95,60 @@ def test_help(argv, capsys):
     assert e.value.code == 0
 
 
-def test_bench_e2e_reads_jpegs_through_both_pipelines(tmp_path, capsys):
+def test_bench_e2e_reads_jpegs_through_every_pipeline(tmp_path, capsys):
     report = _run(tmp_path, capsys, "e2e", "--images", "8", "--classes", "2", "--batch-size", "2",
                   "--workers", "0", "--crop-size", "32", "--scale-min", "40", "--scale-max", "64",
                   "--data-dir", str(tmp_path / "jpegs"), "--no-peak")
     rows = {r["variant"]: r for r in report["results"]}
-    assert set(rows) == {"reference", "ours"} and rows["ours"]["ratio"] > 0
+    assert set(rows) == {"reference", "reference+timm", "ours", "ours+gpudecode"}
+    for ours in ("ours", "ours+gpudecode"):  # each of ours against both references
+        assert set(rows[ours]["ratios"]) == {"reference", "reference+timm"} and rows[ours]["ratio"] > 0
     assert len(list((tmp_path / "jpegs" / "train").rglob("*.JPEG"))) == 8
+
+
+def test_e2e_times_a_sustained_window_longer_than_the_prefetched_batches():
+    """The loader's queue (workers x prefetch batches, ready before timing starts) cannot
+    cover a timed window, the warm-up drains it, and the file list is cycled to fit."""
+    from verydeep.bench.end_to_end import E2EBenchConfig, timing_plan
+
+    cfg = E2EBenchConfig.for_gpu()
+    plan = timing_plan(cfg, n_images=cfg.images)
+    prefetched = cfg.workers * cfg.prefetch
+    assert plan.steps > prefetched and plan.steps >= 40 and plan.windows >= 2
+    assert plan.warmup >= 2 * cfg.workers
+    assert plan.cycles * cfg.images >= plan.batches * cfg.batch_size
+    with pytest.raises(ValueError, match="no longer than"):
+        timing_plan(E2EBenchConfig.for_gpu(steps=prefetched), n_images=cfg.images)
+    with pytest.raises(ValueError, match="at least 2 x workers"):
+        timing_plan(E2EBenchConfig.for_gpu(warmup=cfg.workers), n_images=cfg.images)
+
+
+def test_e2e_with_workers_times_every_window(tmp_path):
+    from verydeep.bench.end_to_end import E2EBenchConfig, run_e2e_bench
+
+    cfg = E2EBenchConfig(images=6, classes=2, batch_size=2, workers=1, prefetch=2, steps=3, repeats=2,
+                         crop_size=32, scale_min=40, scale_max=48, device="cpu", variants="reference,ours",
+                         data_dir=str(tmp_path))
+    rows = {r.variant: r for r in run_e2e_bench(cfg)}
+    for row in rows.values():  # (2 warm-up + 2 x 3 timed) batches of 2 = 16 images from 6 files: cycled 3x
+        assert len(row.samples) == 2 and "cycled 3x" in row.notes and "2 windows of 3 batches" in row.notes
+
+
+def test_generated_jpegs_weigh_what_imagenets_do(tmp_path):
+    from verydeep.bench.jpeg_files import write_jpeg_files
+
+    sizes = [Path(p).stat().st_size for p, _ in write_jpeg_files(tmp_path, n=6, workers=1)]
+    assert 90_000 < sum(sizes) / len(sizes) < 130_000  # ImageNet's average: about 110 KB
+
+
+def test_data_bench_compares_like_with_like_by_median(tmp_path):
+    from verydeep.bench.data_pipeline import REFERENCE_OF, run_data_pipeline_bench
+
+    report = run_data_pipeline_bench(images=4, batch_size=2, rounds=3, crop=32, scale_min=40, scale_max=48,
+                                     data_dir=str(tmp_path))
+    rates = report["images_per_s_per_worker"]
+    for name, rounds in report["rounds"].items():
+        assert len(rounds) == 3 and rates[name] == sorted(rounds)[1]
+    assert set(report["ratio_vs_reference"]) == set(REFERENCE_OF)
+    assert REFERENCE_OF["ours_scale_jitter_worker"] == "reference_scale_jitter_uint8"
+    assert "ours_gpu_path_worker" in rates and report["setup"]["mean_file_kb"] > 90

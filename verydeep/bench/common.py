@@ -37,6 +37,8 @@ class BenchResult:
     peak_fraction: float | None = None  # tflops / matmul peak measured in the same run
     ratio: float | None = None  # ours / reference (images/s), where a reference exists
     reference: str | None = None  # the variant this one is compared with
+    references: list[str] = field(default_factory=list)  # every reference it is compared with
+    ratios: dict[str, float] = field(default_factory=dict)  # ours / each of ``references``
     samples: list[float] = field(default_factory=list)  # images/s of every timed window
     notes: str = ""
 

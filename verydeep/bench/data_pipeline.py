@@ -2,31 +2,36 @@
 
 Per worker: every pipeline runs in this process with one thread (a loader worker is one
 process with one thread), so images/s here is images/s per worker; N workers scale it about
-N-fold while cores last. Pipelines, all ending in normalised float32 batches:
+N-fold while cores last. Each of ours is compared with the reference doing the same transform
+and handing over the same dtype (``REFERENCE_OF``):
 
 * reference: torchvision ``ImageFolder`` + PIL decode + ``RandomResizedCrop(224)`` +
-  ``RandomHorizontalFlip`` + ``ToTensor`` + ``Normalize``, ``DataLoader`` batching;
+  ``RandomHorizontalFlip`` + ``ToTensor`` + ``Normalize``, ``DataLoader`` batching (float32);
+  ours_random_resized_crop: our loader with the same transform, float32 normalised;
 * reference_scale_jitter: the paper's transform written the usual torchvision way
-  (``Resize(S)`` with random S, ``RandomCrop(224)``, flip, ``ToTensor``, ``Normalize``);
-* ours_scale_jitter: our loader, S uniform in [256, 512], crop 224, flip, colour shift,
-  mean subtraction (the paper's full training transform);
-* ours_scale_jitter_worker: the same, the worker's share only: decoded, cropped uint8 batches
-  as a loader worker hands them over when training on a GPU, where the conversion to float
-  and the normalisation run (``verydeep.data.loaders.normalize_batch``);
-* ours_fixed_s256: the same at S = 256;
-* ours_random_resized_crop: our loader with the modern transform;
+  (``Resize(S)`` with random S, ``RandomCrop(224)``, flip, ``ToTensor``, ``Normalize``, float32);
+  ours_scale_jitter: our loader, S uniform in [256, 512], crop 224, flip, colour shift, mean
+  subtraction (the paper's full training transform), float32 normalised (a CPU run's workers);
+* reference_scale_jitter_uint8: the same torchvision transform ending in ``PILToTensor``
+  (uint8, as a GPU run would hand it over); ours_scale_jitter_worker: our worker's share of a
+  GPU run, decoded and cropped uint8 batches (the float conversion and normalisation run on
+  the device, ``verydeep.data.loaders.normalize_batch``);
+* ours_gpu_path_worker: a worker's share on the GPU data path (``data.decode: gpu``): read the
+  bytes, parse the header, draw the geometry; the decoding is the device's;
 * decode_only: PIL open + decode + RGB, for orientation.
 
-Pipelines alternate over ``rounds`` and the best round counts, so a neighbour's burst on a
-shared machine hurts all alike and the least disturbed figure is kept.
+Pipelines alternate over ``rounds`` and the median round counts, so a neighbour's burst on a
+shared machine hurts all alike and neither the luckiest nor the unluckiest round decides.
 
     verydeep bench data --images 400 --repeats 3
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import random
+import statistics
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -46,17 +51,24 @@ def _time_loader(loader, n_images: int) -> float:
     return seen / dt
 
 
-def _reference_loader(root: str, batch_size: int, jitter: tuple[int, int] | None, crop: int, seed: int):
+# each of ours -> the reference doing the same transform with the same output dtype
+REFERENCE_OF = {"ours_random_resized_crop": "reference", "ours_scale_jitter": "reference_scale_jitter",
+                "ours_scale_jitter_worker": "reference_scale_jitter_uint8"}
+
+
+def _reference_loader(root: str, batch_size: int, jitter: tuple[int, int] | None, crop: int, seed: int,
+                      uint8: bool = False):
     from torchvision import datasets
     from torchvision import transforms as T
 
     norm = T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    to_tensor = [T.PILToTensor()] if uint8 else [T.ToTensor(), norm]
     if jitter is None:
-        tf = T.Compose([T.RandomResizedCrop(crop), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+        tf = T.Compose([T.RandomResizedCrop(crop), T.RandomHorizontalFlip(), *to_tensor])
     else:
         lo, hi = jitter
         tf = T.Compose([T.Lambda(lambda img: T.functional.resize(img, random.randint(lo, hi))),
-                        T.RandomCrop(crop), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+                        T.RandomCrop(crop), T.RandomHorizontalFlip(), *to_tensor])
     torch.manual_seed(seed)
     random.seed(seed)
     ds = datasets.ImageFolder(root, transform=tf)
@@ -82,6 +94,19 @@ class _WorkerShare:
         for b in range(len(self.loader)):
             images, _, labels, _ = self.loader.dataset[(self.loader.epoch, b)]
             yield images, labels
+
+
+class _GpuPathWorkerShare:
+    """The encoded batches of a ``TrainLoader`` on the GPU data path, as its workers build them."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.loader.dataset.encoded = True
+
+    def __iter__(self):
+        for b in range(len(self.loader)):
+            batch = self.loader.dataset[(self.loader.epoch, b)]
+            yield None, batch.labels
 
 
 class _DecodeOnly:
@@ -117,8 +142,11 @@ def run_data_pipeline_bench(images: int = 400, batch_size: int = 32, rounds: int
                                                      scale_max=scale_max, crop_size=crop),
             "ours_scale_jitter_worker": lambda: _WorkerShare(_our_loader(samples, batch_size, seed, scale_min=scale_min,
                                                                          scale_max=scale_max, crop_size=crop)),
-            "ours_fixed_s256": lambda: _our_loader(samples, batch_size, seed, scale_min=256, scale_max=256,
-                                                   crop_size=crop),
+            "reference_scale_jitter_uint8": lambda: _reference_loader(root, batch_size, (scale_min, scale_max), crop,
+                                                                      seed, uint8=True),
+            "ours_gpu_path_worker": lambda: _GpuPathWorkerShare(_our_loader(samples, batch_size, seed,
+                                                                            scale_min=scale_min, scale_max=scale_max,
+                                                                            crop_size=crop)),
             "ours_random_resized_crop": lambda: _our_loader(samples, batch_size, seed, train_transform="random_resized_crop",
                                                             scale_min=crop, scale_max=crop, crop_size=crop,
                                                             colour_shift=0.0, normalize="mean_std"),
@@ -128,20 +156,18 @@ def run_data_pipeline_bench(images: int = 400, batch_size: int = 32, rounds: int
         for make in pipelines.values():
             loader = make()
             next(iter(loader))
-        best: dict[str, float] = {k: 0.0 for k in pipelines}
         per_round: dict[str, list[float]] = {k: [] for k in pipelines}
         for _ in range(rounds):
             for name, make in pipelines.items():
-                rate = _time_loader(make(), images)
-                per_round[name].append(round(rate, 1))
-                best[name] = max(best[name], rate)
-        ref = best["reference"]
+                per_round[name].append(round(_time_loader(make(), images), 1))
+        median = {k: statistics.median(v) for k, v in per_round.items()}
+        sizes = [os.path.getsize(path) for path, _ in samples]
         return {
-            "images_per_s_per_worker": {k: round(v, 1) for k, v in best.items()},
+            "images_per_s_per_worker": {k: round(v, 1) for k, v in median.items()},
             "rounds": per_round,
-            "ratio_vs_reference": {k: round(v / ref, 2) for k, v in best.items() if k.startswith("ours")},
-            "ratio_scale_jitter_vs_reference_scale_jitter": round(best["ours_scale_jitter"] / best["reference_scale_jitter"], 2),
-            "setup": {"images": images, "size": "500x375", "jpeg_quality": 90, "batch_size": batch_size,
+            "ratio_vs_reference": {k: round(median[k] / median[ref], 2) for k, ref in REFERENCE_OF.items()},
+            "setup": {"images": images, "size": "500x375", "jpeg_quality": 90,
+                      "mean_file_kb": round(sum(sizes) / len(sizes) / 1000, 1), "batch_size": batch_size,
                       "scale": [scale_min, scale_max], "crop": crop, "threads": threads, "rounds": rounds},
             "machine": {"cpu": cpu_model(), "cores": torch.multiprocessing.cpu_count() if hasattr(torch.multiprocessing, "cpu_count") else None,
                         "python": platform.python_version(), "torch": torch.__version__,

@@ -1,31 +1,46 @@
-"""End-to-end training throughput: JPEG files on disk -> loader -> training step, ours vs reference.
+"""End-to-end training throughput: JPEG files on disk -> loader -> training step, ours vs references.
 
-Ours: ``verydeep.data.build_train_loader`` (the paper's scale jittering, crop, flip and colour
-shift) feeding the training loop's step (``train_step.OurStep``). Reference: torchvision's
-``ImageFolder`` with PIL transforms (shorter side rescaled to a random S in the same range,
-random crop, flip, ``ToTensor``, ``Normalize``; torchvision has no PCA colour shift, so the
-reference does slightly less work) and a ``DataLoader`` with the same workers, batch size and
-pinned memory, feeding the plain AMP loop of ``reference.ReferenceStep``.
+Variants (``variants``, comma-separated):
 
-The JPEGs are generated (``verydeep.bench.jpeg_files``: ImageNet-sized, about 500x375 at
-quality 90) in ``data_dir`` (reused when already there) or a temporary folder. Each timed round
-builds a fresh loader and skips ``warmup`` batches (worker start-up, first allocations).
+- ``reference``: what users run, pytorch/examples' ImageNet recipe: torchvision ``ImageFolder``
+  with ``RandomResizedCrop`` + flip + ``ToTensor`` + ``Normalize`` in a ``DataLoader`` (the same
+  workers, prefetch and pinned memory as ours) feeding torchvision's VGG in the plain AMP loop
+  of ``reference.ReferenceStep`` (cudnn.benchmark on).
+- ``reference+timm``: the stronger reference, as timm users run it: timm's loader (its
+  ``RandomResizedCrop`` + flip, uint8 batches normalised on the device by its prefetcher;
+  colour jitter off, so it does no more work than the plain reference) feeding the same model
+  in channels_last with bf16 and cudnn.benchmark. Where timm is not installed its loader is
+  emulated (torchvision transforms to uint8, normalised on the device), and the notes say so.
+- ``ours``: ``verydeep.data.build_train_loader`` (the paper's scale jittering S in
+  [scale_min, scale_max], crop, flip, colour shift; Pillow in the workers) feeding the
+  training loop's step (``train_step.OurStep``); ``ours+gpudecode``: the same loader with
+  ``data.decode: gpu`` (workers read bytes and draw crops, nvJPEG decodes on the device); and
+  any ``train_step`` option (``ours+nocl``, ...).
+
+The timing is sustained: each variant's loader runs one long pass over the generated files,
+cycled (``verydeep.bench.jpeg_files``: ImageNet-like, about 110 KB at 500x375), ``warmup``
+batches untimed (at least 2 x workers: worker start-up and the first prefetched batches),
+then ``repeats`` windows of ``steps`` batches back to back, each longer than what the workers
+can have prefetched (workers x prefetch), so a loader that cannot keep up shows; the figure is
+the median window.
 """
 
 from __future__ import annotations
 
 import gc
-import random
+import inspect
+import math
 import statistics
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
 
 from verydeep.bench.common import (
-    backend_flags,
     BenchResult,
+    backend_flags,
     forward_macs,
     peak_memory_mb,
     reset_peak_memory,
@@ -33,6 +48,9 @@ from verydeep.bench.common import (
     time_steps,
     training_tflops,
 )
+from verydeep.data.config import IMAGENET_MEAN, IMAGENET_STD
+
+E2E_OPTIONS = ("gpudecode",)  # on top of train_step's options
 
 
 @dataclass
@@ -46,61 +64,137 @@ class E2EBenchConfig:
     images: int = 64
     classes: int = 4
     workers: int = 2
+    prefetch: int = 2  # batches each worker keeps ready (both sides)
     num_classes: int | None = None  # None: the number of class folders
-    steps: int = 3
-    warmup: int = 1
-    repeats: int = 3
+    steps: int = 5  # batches per timed window
+    warmup: int | None = None  # untimed batches first; None: 2 x workers (at least 1)
+    repeats: int = 2  # timed windows, back to back; the figure is their median
     device: str = "auto"
     amp: str = "auto"
-    variants: str = "reference,ours"
+    variants: str = "reference,reference+timm,ours,ours+gpudecode"
     data_dir: str | None = None
     seed: int = 0
 
     @classmethod
     def for_gpu(cls, **overrides) -> "E2EBenchConfig":
-        return replace(cls(width=1.0, batch_size=256, images=4096, classes=16, workers=15, steps=10,
-                           warmup=3, repeats=1, device="cuda"), **overrides)
+        return replace(cls(width=1.0, batch_size=256, images=4096, classes=16, workers=15, steps=40,
+                           repeats=2, device="cuda"), **overrides)
 
 
-class ShorterSideRange:
-    """Rescale so the shorter side is a random S in [lo, hi] (the reference's scale jittering)."""
+@dataclass(frozen=True)
+class TimingPlan:
+    warmup: int  # untimed batches
+    steps: int  # batches per window
+    windows: int
+    cycles: int  # passes over the file list the loader needs
 
-    def __init__(self, lo: int, hi: int) -> None:
-        self.lo, self.hi = lo, hi
-
-    def __call__(self, img):
-        from torchvision.transforms import functional as TF
-
-        return TF.resize(img, random.randint(self.lo, self.hi))
+    @property
+    def batches(self) -> int:
+        return self.warmup + self.steps * self.windows
 
 
-def reference_loader(root: Path, cfg: E2EBenchConfig, device: torch.device, epoch: int):
+def timing_plan(cfg: E2EBenchConfig, n_images: int) -> TimingPlan:
+    """The sustained window of ``cfg`` over ``n_images`` files; refuses a window the workers'
+    prefetched batches could cover (it would time the step, not the loader)."""
+    prefetched = cfg.workers * cfg.prefetch
+    warmup = cfg.warmup if cfg.warmup is not None else max(1, 2 * cfg.workers)
+    if warmup < 2 * cfg.workers:
+        raise ValueError(f"warm-up of {warmup} batches: at least 2 x workers = {2 * cfg.workers} are needed")
+    if cfg.steps <= prefetched:
+        raise ValueError(f"a timed window of {cfg.steps} batches is no longer than the {prefetched} batches "
+                         f"{cfg.workers} workers x prefetch {cfg.prefetch} keep ready: it would time the "
+                         f"step, not the loader; use more --steps")
+    if cfg.repeats < 1:
+        raise ValueError("at least one timed window (--repeats)")
+    plan = TimingPlan(warmup, cfg.steps, cfg.repeats, 1)
+    return replace(plan, cycles=math.ceil(plan.batches * cfg.batch_size / max(1, n_images)))
+
+
+class Repeated(Dataset):
+    """``inner`` ``times`` over (index i is inner's i mod its length); its ``transform`` is
+    inner's, so a loader factory that sets it (timm's) sets inner's."""
+
+    def __init__(self, inner, times: int) -> None:
+        self.inner, self.times = inner, times
+
+    def __len__(self) -> int:
+        return len(self.inner) * self.times
+
+    def __getitem__(self, i):
+        return self.inner[i % len(self.inner)]
+
+    @property
+    def transform(self):
+        return self.inner.transform
+
+    @transform.setter
+    def transform(self, value) -> None:
+        self.inner.transform = value
+
+
+def _data_loader(dataset, cfg: E2EBenchConfig, device: torch.device, **kwargs):
     from torch.utils.data import DataLoader
+
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
+                      pin_memory=device.type == "cuda", drop_last=True,
+                      prefetch_factor=cfg.prefetch if cfg.workers else None,
+                      generator=torch.Generator().manual_seed(cfg.seed), **kwargs)
+
+
+def reference_loader(root: Path, cfg: E2EBenchConfig, device: torch.device, cycles: int):
+    """ImageFolder + RandomResizedCrop + flip + ToTensor + Normalize, through a DataLoader."""
     from torchvision import datasets, transforms as T
 
-    from verydeep.data.config import IMAGENET_MEAN, IMAGENET_STD
-
-    tf = T.Compose([ShorterSideRange(cfg.scale_min, cfg.scale_max), T.RandomCrop(cfg.crop_size),
-                    T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    dataset = datasets.ImageFolder(str(root / "train"), transform=tf)
-    gen = torch.Generator().manual_seed(cfg.seed + epoch)
-    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
-                      pin_memory=device.type == "cuda", drop_last=True, generator=gen,
-                      worker_init_fn=_seed_worker)
+    tf = T.Compose([T.RandomResizedCrop(cfg.crop_size), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return _data_loader(Repeated(datasets.ImageFolder(str(root / "train"), transform=tf), cycles), cfg, device)
 
 
-def _seed_worker(worker_id: int) -> None:
-    random.seed(torch.initial_seed() % 2**32)
+class DeviceNormalised:
+    """uint8 batches from ``loader`` as normalised float32 on ``device`` (timm's prefetcher's job)."""
+
+    def __init__(self, loader, device: torch.device) -> None:
+        self.loader, self.device = loader, device
+        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            images = images.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
+            yield images, labels.to(self.device, non_blocking=True)
 
 
-def our_loader(root: Path, cfg: E2EBenchConfig, device: torch.device, epoch: int):
+def timm_loader(root: Path, cfg: E2EBenchConfig, device: torch.device, cycles: int):
+    """(loader, note): timm's training loader, or its emulation where timm is not installed."""
+    try:
+        from timm.data import ImageDataset, create_loader
+    except ImportError:
+        from torchvision import datasets, transforms as T
+
+        tf = T.Compose([T.RandomResizedCrop(cfg.crop_size), T.RandomHorizontalFlip(), T.PILToTensor()])
+        dataset = Repeated(datasets.ImageFolder(str(root / "train"), transform=tf), cycles)
+        return DeviceNormalised(_data_loader(dataset, cfg, device), device), "timm not installed: its loader emulated"
+    import timm
+
+    wanted = dict(input_size=(3, cfg.crop_size, cfg.crop_size), batch_size=cfg.batch_size, is_training=True,
+                  use_prefetcher=device.type == "cuda", num_workers=cfg.workers, pin_memory=device.type == "cuda",
+                  color_jitter=0.0, interpolation="bilinear", persistent_workers=False, device=device)
+    accepted = inspect.signature(create_loader).parameters
+    loader = create_loader(Repeated(ImageDataset(str(root / "train")), cycles),
+                           **{k: v for k, v in wanted.items() if k in accepted})
+    return loader, f"timm {timm.__version__} loader"
+
+
+def our_loader(root: Path, cfg: E2EBenchConfig, device: torch.device, cycles: int, decode: str = "cpu"):
     from verydeep.data import DataConfig, build_train_loader, discover
 
     dcfg = DataConfig(root=str(root), scale_min=cfg.scale_min, scale_max=cfg.scale_max, crop_size=cfg.crop_size,
-                      workers=cfg.workers, persistent_workers=False, index_cache=str(root / ".index"))
-    samples = discover(dcfg).train
-    return build_train_loader(dcfg, samples, cfg.batch_size, seed=cfg.seed, epoch=epoch, device=device,
-                              channels_last=device.type == "cuda")
+                      workers=cfg.workers, prefetch_factor=cfg.prefetch, persistent_workers=False,
+                      index_cache=str(root / ".index"), decode=decode)
+    loader = build_train_loader(dcfg, discover(dcfg).train * cycles, cfg.batch_size, seed=cfg.seed, device=device,
+                                channels_last=device.type == "cuda")
+    note = "" if decode == "cpu" or loader.decoder is not None else "GPU decoding unavailable: CPU path"
+    return loader, note
 
 
 def ensure_jpegs(cfg: E2EBenchConfig, root: Path) -> Path:
@@ -111,63 +205,84 @@ def ensure_jpegs(cfg: E2EBenchConfig, root: Path) -> Path:
     return root
 
 
-def _count_images(root: Path) -> tuple[int, int]:
+def _file_stats(root: Path) -> tuple[int, int, float]:
+    """(files, class folders, mean file size in KB) of ``root/train``."""
     classes = [d for d in (root / "train").iterdir() if d.is_dir()]
-    return sum(1 for d in classes for f in d.iterdir() if f.is_file()), len(classes)
+    sizes = [f.stat().st_size for d in classes for f in d.iterdir() if f.is_file()]
+    return len(sizes), len(classes), sum(sizes) / max(1, len(sizes)) / 1000
+
+
+def _variant(name: str, root: Path, cfg: E2EBenchConfig, device: torch.device, plan: TimingPlan, tcfg):
+    """(step, loader, note) of one variant."""
+    from verydeep.bench.train_step import OPTIONS, OurStep, RefStep, parse_variant
+
+    base, opts = parse_variant(name, OPTIONS + E2E_OPTIONS)
+    if base == "reference":
+        step = RefStep(tcfg, device, opts)
+        if "timm" in opts:
+            return (step, *timm_loader(root, cfg, device, plan.cycles))
+        return step, reference_loader(root, cfg, device, plan.cycles), ""
+    step = OurStep(tcfg, device, opts - set(E2E_OPTIONS))
+    return (step, *our_loader(root, cfg, device, plan.cycles, "gpu" if "gpudecode" in opts else "cpu"))
+
+
+def _measure(name: str, root: Path, cfg: E2EBenchConfig, device: torch.device, plan: TimingPlan, tcfg):
+    """(images/s of each window, peak memory MB, note) of one variant."""
+    torch.manual_seed(cfg.seed)
+    with backend_flags(device, benchmark=True, tf32=name.startswith("ours")):
+        step, loader, note = _variant(name, root, cfg, device, plan, tcfg)
+        batches = iter(loader)
+
+        def one_step():
+            batch = next(batches)
+            step(batch[0], batch[1])
+
+        reset_peak_memory(device)
+        _, _, rates = time_steps(one_step, device=device, steps=plan.steps, warmup=plan.warmup,
+                                 repeats=plan.windows, images_per_step=cfg.batch_size)
+        return rates, peak_memory_mb(device), note
+
+
+def _time_variant(name: str, root: Path, cfg: E2EBenchConfig, device: torch.device, plan: TimingPlan, tcfg):
+    """:func:`_measure`, then its model, loader and workers freed before the next variant."""
+    measured = _measure(name, root, cfg, device, plan, tcfg)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return measured
 
 
 def run_e2e_bench(cfg: E2EBenchConfig) -> list[BenchResult]:
-    from verydeep.bench.train_step import OurStep, RefStep, TrainBenchConfig, parse_variant
+    from verydeep.bench.train_step import OPTIONS, TrainBenchConfig, parse_variant, reference_names
+    from verydeep.models import create_model
 
     device = resolve_device(cfg.device)
-    variants = [v.strip() for v in cfg.variants.split(",") if v.strip()]
-    parsed = [(v, *parse_variant(v)) for v in variants]
+    names = [v.strip() for v in cfg.variants.split(",") if v.strip()]
+    parsed = [(v, *parse_variant(v, OPTIONS + E2E_OPTIONS)) for v in names]
     with tempfile.TemporaryDirectory(prefix="verydeep-e2e-") as tmp:
         root = ensure_jpegs(cfg, Path(cfg.data_dir) if cfg.data_dir else Path(tmp))
-        n_images, n_classes = _count_images(root)
-        needed = (cfg.warmup + cfg.steps) * cfg.batch_size
-        if n_images < needed:
-            raise ValueError(f"{root / 'train'} holds {n_images} images; one timed round needs "
-                             f"(warmup {cfg.warmup} + steps {cfg.steps}) x batch {cfg.batch_size} = {needed}")
+        n_images, n_classes, kb = _file_stats(root)
+        plan = timing_plan(cfg, n_images)
         num_classes = cfg.num_classes or n_classes
         tcfg = TrainBenchConfig(model=cfg.model, width=cfg.width, image_size=cfg.crop_size,
                                 batch_size=cfg.batch_size, num_classes=num_classes, device=cfg.device,
                                 amp=cfg.amp, seed=cfg.seed)
-        from verydeep.models import create_model
-
         macs = forward_macs(create_model(cfg.model, num_classes=num_classes, width=cfg.width,
                                          head_size=max(1, cfg.crop_size // 32)), cfg.crop_size)
-        samples = {name: [] for name, _, _ in parsed}
-        mem: dict[str, float] = {}
-        for epoch in range(cfg.repeats):
-            for name, base, opts in parsed:
-                torch.manual_seed(cfg.seed)
-                ours = base == "ours"
-                with backend_flags(device, benchmark=ours, tf32=ours):
-                    step = OurStep(tcfg, device, opts) if ours else RefStep(tcfg, device)
-                    loader = (our_loader if ours else reference_loader)(root, cfg, device, epoch)
-                    batches = iter(loader)
-
-                    def one_step():
-                        batch = next(batches)
-                        step(batch[0], batch[1])
-
-                    reset_peak_memory(device)
-                    _, _, rates = time_steps(one_step, device=device, steps=cfg.steps, warmup=cfg.warmup,
-                                             repeats=1, images_per_step=cfg.batch_size)
-                    mem[name] = max(mem.get(name, 0.0), peak_memory_mb(device))
-                samples[name] += rates
-                del step, loader, batches
-                gc.collect()
-    has_reference = any(base == "reference" for _, base, _ in parsed)
+        measured = {name: _time_variant(name, root, cfg, device, plan, tcfg) for name in names}
+    references = reference_names(parsed)
     results = []
     for name, base, _ in parsed:
-        ips = statistics.median(samples[name])
+        rates, memory, note = measured[name]
+        ips = statistics.median(rates)
+        transform = "RandomResizedCrop" if base == "reference" else f"S in [{cfg.scale_min}, {cfg.scale_max}]"
         results.append(BenchResult(
             bench="e2e", variant=name, images_per_s=ips, ms_per_step=1000 * cfg.batch_size / ips,
-            batch_size=cfg.batch_size, peak_memory_mb=mem[name], tflops=training_tflops(macs, ips),
-            samples=samples[name], reference="reference" if base == "ours" and has_reference else None,
-            notes=f"{n_images} JPEGs, S in [{cfg.scale_min}, {cfg.scale_max}], crop {cfg.crop_size}, "
-                  f"{cfg.workers} workers",
+            batch_size=cfg.batch_size, peak_memory_mb=memory, tflops=training_tflops(macs, ips), samples=rates,
+            reference=references[0] if base == "ours" and references else None,
+            references=references if base == "ours" else [],
+            notes=f"{n_images} JPEGs ({kb:.0f} KB average) cycled {plan.cycles}x; {transform}, crop "
+                  f"{cfg.crop_size}; {cfg.workers} workers, prefetch {cfg.prefetch}; warm-up {plan.warmup} "
+                  f"batches, {plan.windows} windows of {plan.steps} batches" + (f"; {note}" if note else ""),
         ))
     return results

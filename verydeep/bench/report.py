@@ -13,9 +13,11 @@ def attach_ratios(results: Sequence[BenchResult], peak_tflops: float | None = No
     """Fill ``ratio`` (images/s over the named reference's, same bench) and ``peak_fraction``."""
     by_name = {(r.bench, r.variant): r for r in results}
     for r in results:
-        ref = by_name.get((r.bench, r.reference)) if r.reference else None
-        if ref is not None and ref.images_per_s > 0:
-            r.ratio = r.images_per_s / ref.images_per_s
+        for name in dict.fromkeys([*([r.reference] if r.reference else []), *r.references]):
+            ref = by_name.get((r.bench, name))
+            if ref is not None and ref.images_per_s > 0:
+                r.ratios[name] = r.images_per_s / ref.images_per_s
+        r.ratio = r.ratios.get(r.reference) if r.reference else None
         if peak_tflops and r.tflops is not None:
             r.peak_fraction = r.tflops / peak_tflops
     return list(results)
@@ -23,6 +25,13 @@ def attach_ratios(results: Sequence[BenchResult], peak_tflops: float | None = No
 
 def _fmt(value, spec: str, empty: str = "") -> str:
     return empty if value is None else format(value, spec)
+
+
+def _ratios(r: BenchResult) -> str:
+    """ours / reference: one figure, or one per reference when there are several."""
+    if len(r.ratios) <= 1:
+        return f"{r.ratio:.2f}x" if r.ratio else ""
+    return ", ".join(f"{value:.2f}x {name}" for name, value in r.ratios.items())
 
 
 def format_table(results: Sequence[BenchResult], *, peak: dict | None = None, machine: dict | None = None,
@@ -49,7 +58,7 @@ def format_table(results: Sequence[BenchResult], *, peak: dict | None = None, ma
             f"| {r.bench} | {r.variant} | {r.batch_size} | {r.images_per_s:,.1f} | {r.ms_per_step:,.1f} | "
             f"{_fmt(r.peak_memory_mb, ',.0f')} | {_fmt(r.tflops, '.3g')} | "
             f"{_fmt(None if r.peak_fraction is None else 100 * r.peak_fraction, '.1f')}"
-            f"{'%' if r.peak_fraction is not None else ''} | {_fmt(r.ratio, '.2f')}{'x' if r.ratio else ''} |"
+            f"{'%' if r.peak_fraction is not None else ''} | {_ratios(r)} |"
         )
     return "\n".join(lines) + "\n"
 

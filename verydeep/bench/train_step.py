@@ -2,19 +2,22 @@
 
 Variants (``variants``, comma-separated):
 
-- ``reference``: torchvision's VGG class and a plain AMP loop (``verydeep.bench.reference``).
+- ``reference``: torchvision's VGG class and a plain AMP loop (``verydeep.bench.reference``),
+  with ``cudnn.benchmark`` as its users set it; ``reference+timm``: the same configured as
+  timm users run it (channels_last, bf16, cudnn.benchmark, no per-step loss read).
 - ``ours``: the training loop's own step, :func:`verydeep.train.step.train_step`, set up as
   ``verydeep.train.setup`` sets up a single-process run: our VGG prepared by the run's
   runtime policy (``verydeep.runtime``: bf16 and channels_last on CUDA) behind the
-  single-process data-parallel strategy, ``build_optimizer``, cudnn.benchmark and TF32 on CUDA.
-- ``ours+OPT[+OPT...]``: the same with changes the loop might adopt, to measure them first:
-  ``compile`` (the model compiled in place, as ``train.compile`` does), ``fused`` (SGD's fused
-  CUDA kernel instead of foreach), ``nosync`` (no per-step host read of the loss: the step's
-  finiteness check off), ``slices`` (the strategy's forward/backward replaced by a bare
-  micro-batch loop over the model, to measure what the parallel-strategy interface costs a
-  single process), ``graphs`` (the whole step captured once in a CUDA graph and replayed:
-  no per-step LR, seed or check, so not through ``train_step``; implies nosync and slices,
-  CUDA only, no fp16 loss scaling), ``cl`` / ``nocl`` (channels_last on / off).
+  single-process data-parallel strategy, ``build_optimizer`` (fused SGD on CUDA), the
+  non-finite guard without a host sync, cudnn.benchmark and TF32 on CUDA.
+- ``ours+OPT[+OPT...]``: the same with one thing changed, to measure its share or a change
+  the loop might adopt: ``compile`` (the model compiled in place, as ``train.compile`` does),
+  ``foreach`` (SGD's foreach kernels, the optimiser before fused), ``nosync`` (no non-finite
+  guard at all), ``slices`` (the strategy's forward/backward replaced by a bare micro-batch
+  loop over the model: what the parallel-strategy interface costs a single process),
+  ``graphs`` (the whole step captured once in a CUDA graph and replayed: no per-step LR, seed
+  or guard, so not through ``train_step``; implies nosync and slices, CUDA only, no fp16 loss
+  scaling), ``cl`` / ``nocl`` (channels_last on / off: ``ours+nocl`` shows channels_last's share).
 
 Both sides see the same shapes, classes and precision; inputs already sit on the device.
 """
@@ -51,7 +54,8 @@ from verydeep.train.optim import build_optimizer, parameter_groups
 from verydeep.train.schedules import LRSchedule
 from verydeep.train.step import StepSettings, train_step
 
-OPTIONS = ("compile", "fused", "nosync", "slices", "graphs", "cl", "nocl")
+OPTIONS = ("compile", "foreach", "nosync", "slices", "graphs", "cl", "nocl")
+REFERENCE_OPTIONS = ("timm",)
 
 
 @dataclass
@@ -81,14 +85,20 @@ class TrainBenchConfig:
                            device="cuda"), **overrides)
 
 
-def parse_variant(name: str) -> tuple[str, set[str]]:
+def parse_variant(name: str, ours_options: tuple[str, ...] = OPTIONS) -> tuple[str, set[str]]:
     base, *opts = name.strip().split("+")
     if base not in ("ours", "reference"):
-        raise ValueError(f"unknown variant {name!r}: 'reference', 'ours' or 'ours+OPTION' ({', '.join(OPTIONS)})")
-    unknown = set(opts) - set(OPTIONS)
-    if unknown or (base == "reference" and opts):
-        raise ValueError(f"variant {name!r}: options are for 'ours' only and must be among {', '.join(OPTIONS)}")
+        raise ValueError(f"unknown variant {name!r}: 'reference', 'reference+timm', 'ours' or 'ours+OPTION' "
+                         f"({', '.join(ours_options)})")
+    allowed = ours_options if base == "ours" else REFERENCE_OPTIONS
+    if set(opts) - set(allowed):
+        raise ValueError(f"variant {name!r}: options of {base!r} must be among {', '.join(allowed)}")
     return base, set(opts)
+
+
+def reference_names(parsed: list[tuple[str, str, set[str]]]) -> list[str]:
+    """The reference variants measured, the plain one first: each of ours is compared with each."""
+    return sorted((name for name, base, _ in parsed if base == "reference"), key=len)
 
 
 def forward_backward_slices(net, images, labels, accum, amp, loss_scale, label_smoothing, *,
@@ -129,12 +139,12 @@ def _our_model(cfg: TrainBenchConfig, device: torch.device):
                         head_size=max(1, cfg.image_size // 32)).to(device)
 
 
-def _our_optimizer(module, device: torch.device, fused: bool):
+def _our_optimizer(module, device: torch.device, foreach: bool):
     ocfg = OptimConfig()
-    if not fused:
+    if not foreach:
         return build_optimizer(module, ocfg, device)
     return torch.optim.SGD(parameter_groups(module, ocfg), lr=ocfg.lr, momentum=ocfg.momentum,
-                           nesterov=ocfg.nesterov, fused=True)
+                           nesterov=ocfg.nesterov, foreach=True)
 
 
 class OurStep:
@@ -150,7 +160,7 @@ class OurStep:
             self.model.compile()
         self.strategy = build_strategy(self.model, ParallelConfig(), DistInfo(device=self.device),
                                        crop_size=cfg.image_size, accum=cfg.accum)
-        self.optimizer = _our_optimizer(self.strategy.local_module, device, "fused" in opts and device.type == "cuda")
+        self.optimizer = _our_optimizer(self.strategy.local_module, device, "foreach" in opts)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.runtime.amp_dtype is torch.float16)
         self.schedule = LRSchedule(ScheduleConfig(name="constant"), OptimConfig().lr, steps_per_epoch=1, epochs=1)
         self.settings = StepSettings(seed=cfg.seed, amp_dtype=self.runtime.amp_dtype,
@@ -212,10 +222,11 @@ class OurStep:
 
 
 class RefStep:
-    def __init__(self, cfg: TrainBenchConfig, device: torch.device) -> None:
+    def __init__(self, cfg: TrainBenchConfig, device: torch.device, opts: set[str] = frozenset()) -> None:
         self.model = reference_model(cfg.model, num_classes=cfg.num_classes, width=cfg.width,
                                      head_size=max(1, cfg.image_size // 32)).to(device)
-        self.step = ReferenceStep(self.model, reference_optimizer(self.model), amp_dtype(cfg.amp, device), device)
+        self.step = ReferenceStep(self.model, reference_optimizer(self.model), amp_dtype(cfg.amp, device), device,
+                                  timm="timm" in opts)
 
     def __call__(self, images, labels) -> None:
         self.step(images, labels)
@@ -239,8 +250,9 @@ def run_train_bench(cfg: TrainBenchConfig) -> list[BenchResult]:
         for name, base, opts in parsed:
             torch.manual_seed(cfg.seed)
             ours = base == "ours"
-            with backend_flags(device, benchmark=ours, tf32=ours):
-                step = OurStep(cfg, device, opts) if ours else RefStep(cfg, device)
+            # cudnn.benchmark for every side (what users set); TF32 matmuls as each ships
+            with backend_flags(device, benchmark=True, tf32=ours):
+                step = OurStep(cfg, device, opts) if ours else RefStep(cfg, device, opts)
                 reset_peak_memory(device)
                 _, _, rates = time_steps(functools.partial(step, images, labels), device=device, steps=cfg.steps,
                                          warmup=cfg.warmup, repeats=windows, images_per_step=cfg.batch_size)
@@ -252,13 +264,14 @@ def run_train_bench(cfg: TrainBenchConfig) -> list[BenchResult]:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     results = []
-    has_reference = any(base == "reference" for _, base, _ in parsed)
+    references = reference_names(parsed)
     for name, base, _ in parsed:
         ips = statistics.median(samples[name])
         results.append(BenchResult(
             bench="train", variant=name, images_per_s=ips, ms_per_step=statistics.median(ms[name]),
             batch_size=cfg.batch_size, peak_memory_mb=mem[name], tflops=training_tflops(macs, ips),
-            samples=samples[name], reference="reference" if base == "ours" and has_reference else None,
+            samples=samples[name], reference=references[0] if base == "ours" and references else None,
+            references=references if base == "ours" else [],
             notes=f"{cfg.model} width {cfg.width:g} at {cfg.image_size}px, amp {cfg.amp}",
         ))
     return results

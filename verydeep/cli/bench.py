@@ -10,11 +10,13 @@ import argparse
 import dataclasses
 import sys
 
+from verydeep.cli.vocabulary import add_amp, add_batch_size, add_device, add_json, add_model, add_workers, emit_json
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=("small", "paper"), default="small",
                    help="small: narrow net, small images (CPU check); paper: VGG16 at 224, batch 256")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    add_device(p, default=None, default_text="auto (cuda with --preset paper)")
     p.add_argument("--steps", type=int, help="timed steps per window")
     p.add_argument("--warmup", type=int, help="untimed steps before timing")
     p.add_argument("--repeats", type=int, help="timed windows; the figure is their median")
@@ -22,14 +24,14 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="CPU threads for torch (0: torch's default). One thread keeps CPU timings steady "
                         "when other processes share the cores")
     p.add_argument("--no-peak", action="store_true", help="skip the matmul-peak measurement")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    add_json(p)
     p.add_argument("--markdown", metavar="PATH", help="also write the table as markdown")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="registry name (vgg11, vgg13, vgg16, vgg19; default vgg16)")
+    add_model(p, help="registry name (vgg11, vgg13, vgg16, vgg19; default vgg16)")
     p.add_argument("--width", type=float, help="channel width multiplier (small preset: 1/16)")
-    p.add_argument("--batch-size", type=int)
+    add_batch_size(p, what="images per step (one process)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,10 +42,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _common(t)
     _model_args(t)
     t.add_argument("--image-size", type=int)
-    t.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), help="auto: bf16 on CUDA, none on CPU")
+    add_amp(t, default=None, default_text="the preset's")
     t.add_argument("--accum", type=int, help="micro-batches per step")
-    t.add_argument("--variants", help="comma-separated: reference, ours, ours+compile, ours+fused, "
-                                      "ours+nosync, ours+slices, ours+graphs, ... (default reference,ours)")
+    t.add_argument("--variants", help="comma-separated: reference, reference+timm, ours, ours+OPTION[+OPTION] "
+                                      "with OPTION among compile, foreach, nosync, slices, graphs, cl, nocl "
+                                      "(default reference,ours)")
     t.add_argument("--compile", action="store_true", help="add the ours+compile variant")
     t.set_defaults(func=run_train)
 
@@ -64,18 +67,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--images", type=int, help="JPEG files to generate (ImageNet-sized, ~500x375)")
     x.add_argument("--classes", type=int, help="class folders")
     x.add_argument("--data-dir", help="where the JPEGs live (made if missing; default: a temporary folder)")
-    x.add_argument("--workers", type=int, help="loader worker processes (both sides)")
+    add_workers(x, what="loader (both sides)")
     x.add_argument("--crop-size", type=int)
     x.add_argument("--scale-min", type=int, help="scale jittering S range (paper: 256)")
     x.add_argument("--scale-max", type=int, help="(paper: 512)")
-    x.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"))
-    x.add_argument("--variants", help="comma-separated: reference, ours (default both)")
+    add_amp(x, default=None, default_text="the preset's")
+    x.add_argument("--prefetch", type=int, help="batches each worker keeps ready (both sides; default 2)")
+    x.add_argument("--variants", help="comma-separated: reference, reference+timm, ours, ours+gpudecode, "
+                                      "ours+OPTION (default: those four)")
     x.set_defaults(func=run_e2e)
 
     d = bsub.add_parser("data", help="data pipeline alone: images/s per worker, ours vs torchvision")
     _common(d)
     d.add_argument("--images", type=int, help="JPEG files to generate (default 400)")
-    d.add_argument("--batch-size", type=int)
+    add_batch_size(d, what="images per batch")
     d.add_argument("--data-dir", help="where the JPEGs live (made if missing)")
     d.add_argument("--scale-min", type=int, help="scale jittering S range (default 256)")
     d.add_argument("--scale-max", type=int, help="(default 512)")
@@ -84,16 +89,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     m = bsub.add_parser("parallel", help="training images/s of each parallel mode on CPU processes (gloo), "
                                          "1 vs N processes")
-    m.add_argument("--model", default="A", help="configuration or registry name")
+    add_model(m, help="configuration or registry name (default: A)")
+    m.set_defaults(model="A")
     m.add_argument("--width", type=float, default=0.25, help="channel width multiplier")
     m.add_argument("--crop", type=int, default=64, help="input size")
-    m.add_argument("--batch-size", type=int, default=32, help="global batch")
+    add_batch_size(m, default=32)
     m.add_argument("--steps", type=int, default=8, help="timed steps (after 2 warm-up steps)")
     m.add_argument("--world", type=int, default=2, help="processes of the parallel modes")
     m.add_argument("--microbatches", type=int, default=4, help="pipeline micro-batches")
     m.add_argument("--threads", type=int, default=1, help="intra-op threads per process")
     m.add_argument("--timeout", type=float, default=600, help="seconds per mode")
-    m.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    add_device(m, default="cpu")  # cuda: rank r on GPU r % the GPUs it sees (all on one if there is one)
+    m.add_argument("--backend", default="gloo", help="gloo (default: runs anywhere), nccl, auto")
+    m.add_argument("--amp", default="none", help="none, bf16, fp16, auto")
+    add_json(m)
     m.set_defaults(func=run_parallel)
 
     a = bsub.add_parser("all", help="train, eval, e2e and data in one run, one table")
@@ -155,7 +164,7 @@ def e2e_config(args):
                                           "images": "images", "classes": "classes", "data_dir": "data_dir",
                                           "workers": "workers", "crop_size": "crop_size",
                                           "scale_min": "scale_min", "scale_max": "scale_max", "amp": "amp",
-                                          "variants": "variants"})
+                                          "variants": "variants", "prefetch": "prefetch"})
 
 
 def _setup(args):
@@ -172,13 +181,14 @@ def _setup(args):
 def _finish(args, device, results, configs: dict) -> int:
     from verydeep.bench.common import machine_info
     from verydeep.bench.peak import matmul_peak
-    from verydeep.bench.report import attach_ratios, format_table, write_json
+    from verydeep.bench.report import attach_ratios, format_table, to_json
 
     peak = None if args.no_peak else matmul_peak(device)
     attach_ratios(results, peak["tflops"] if peak else None)
     machine = machine_info(device)
     table = format_table(results, peak=peak, machine=machine)
-    print(table, end="")
+    if args.json != "-":  # --json alone: the JSON replaces the table on stdout
+        print(table, end="")
     if args.markdown:
         from pathlib import Path
 
@@ -186,7 +196,7 @@ def _finish(args, device, results, configs: dict) -> int:
         Path(args.markdown).write_text(table)
     if args.json:
         cfgs = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in configs.items()}
-        write_json(args.json, results, peak=peak, machine=machine, config={**cfgs, "argv": sys.argv[1:]})
+        emit_json(to_json(results, peak=peak, machine=machine, config={**cfgs, "argv": sys.argv[1:]}), args.json)
     return 0
 
 
@@ -218,19 +228,18 @@ def _data_results(args, device):
     """The data-pipeline bench (``verydeep.bench.data_pipeline``), one row per pipeline.
 
     It times each pipeline in this process with one thread, i.e. images/s per loader worker;
-    ``--repeats`` is its number of rounds (it keeps the best round).
+    ``--repeats`` is its number of rounds (the figure is the median round).
     """
     from verydeep.bench.common import BenchResult, peak_memory_mb
-    from verydeep.bench.data_pipeline import run_data_pipeline_bench
+    from verydeep.bench.data_pipeline import REFERENCE_OF, run_data_pipeline_bench
 
     kwargs = _overrides(args, {"images": "images", "batch_size": "batch_size", "data_dir": "data_dir",
                                "repeats": "rounds", "scale_min": "scale_min", "scale_max": "scale_max",
                                "crop_size": "crop"})
     report = run_data_pipeline_bench(**kwargs)
     batch = report["setup"]["batch_size"]
-    # Each of ours is compared with the reference doing the same kind of transform.
-    refs = {"ours_scale_jitter": "reference_scale_jitter", "ours_fixed_s256": "reference_scale_jitter",
-            "ours_random_resized_crop": "reference"}
+    # Each of ours is compared with the reference doing the same transform, same output dtype.
+    refs = REFERENCE_OF
     rows = []
     for name, ips in report["images_per_s_per_worker"].items():
         rows.append(BenchResult(bench="data", variant=name, images_per_s=ips, ms_per_step=1000 * batch / ips,
@@ -246,19 +255,16 @@ def run_data(args) -> int:
 
 
 def run_parallel(args) -> int:
-    import json
-    from pathlib import Path
-
     from verydeep.bench.parallel import ParallelBenchConfig, run_parallel_bench
 
     cfg = ParallelBenchConfig(model=args.model, width=args.width, crop=args.crop, batch=args.batch_size,
                               steps=args.steps, world=args.world, microbatches=args.microbatches,
-                              threads=args.threads, timeout=args.timeout)
+                              threads=args.threads, timeout=args.timeout, device=args.device,
+                              backend=args.backend, amp=args.amp)
     rows = run_parallel_bench(cfg, echo=lambda line: print(line, flush=True))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"config": dataclasses.asdict(cfg), "results": rows}, indent=2))
-    return 0
+        emit_json({"config": dataclasses.asdict(cfg), "results": rows}, args.json)
+    return 1 if any(row["error"] for row in rows) else 0
 
 
 def run_all(args) -> int:

@@ -31,9 +31,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from verydeep.data.augment import BatchMix, ImageAugment, batch_mix_enabled, image_augment_enabled
 from verydeep.data.config import DataConfig
 from verydeep.data.decode import image_size
 from verydeep.data.errors import BadImageError, DataError
+from verydeep.data.gpu_decode import DeviceDecoder, EncodedBatch, EncodedBatchBuilder, device_decoder, read_encoded
 from verydeep.data.index_cache import default_cache_dir
 from verydeep.data.transforms import (eval_geometry, load_eval_image, normalization, normalize_, to_normalized_batch,
                                       train_sample)
@@ -56,14 +58,16 @@ def sample_rng(seed: int, epoch: int, index: int, retry: int = 0) -> np.random.G
 
 
 class TrainBatches(Dataset):
-    """Batch ``b`` of ``epoch`` for one rank, as item ``(epoch, b)``."""
+    """Batch ``b`` of ``epoch`` for one rank, as item ``(epoch, b)``; ``encoded``: as the GPU
+    data path's :class:`~verydeep.data.gpu_decode.EncodedBatch` (bytes and geometry)."""
 
     def __init__(self, cfg: DataConfig, samples: Sequence[tuple[str, int]], batch_size: int, seed: int,
-                 rank: int, world_size: int, raw: bool = False):
-        self.cfg, self.samples, self.batch_size, self.raw = cfg, samples, batch_size, raw
+                 rank: int, world_size: int, raw: bool = False, encoded: bool = False):
+        self.cfg, self.samples, self.batch_size, self.raw, self.encoded = cfg, samples, batch_size, raw, encoded
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.mean, self.std = normalization(cfg)
         self._perm_epoch, self._perm = None, None
+        self.augment = ImageAugment(cfg) if image_augment_enabled(cfg) else None  # RandAugment, erasing, ...
 
     def __len__(self) -> int:
         return len(self.samples) // (self.batch_size * self.world_size)
@@ -86,6 +90,8 @@ class TrainBatches(Dataset):
             path, label = self.samples[idx]
             try:
                 image, shift, _ = train_sample(path, self.cfg, rng)
+                if self.augment is not None:  # its seed drawn after the paper's choices: those stay as they were
+                    image = self.augment(image, int(rng.integers(2**62)))
                 return image, shift, label
             except BadImageError:
                 bad.append(str(path))
@@ -102,6 +108,8 @@ class TrainBatches(Dataset):
         process has no time to spare) the worker normalises: images float32 [B, 3, crop, crop],
         shifts None."""
         epoch, b = item
+        if self.encoded:
+            return self.encoded_batch(epoch, b)
         bad: list[str] = []
         crop = self.cfg.crop_size
         idx = self.indices(epoch, b)
@@ -115,6 +123,22 @@ class TrainBatches(Dataset):
         if not self.raw:
             images, shifts = normalize_batch(images, shifts, self.mean, self.std), None
         return images, shifts, torch.tensor(labels, dtype=torch.int64), bad
+
+    def encoded_batch(self, epoch: int, b: int) -> EncodedBatch:
+        """Batch ``b`` for the GPU data path: each file's bytes and the sample's geometry, drawn
+        from the generator the CPU path would draw them from; the CPU path's crop for a file
+        the device cannot decode (``verydeep.data.gpu_decode``)."""
+        bad: list[str] = []
+        idx = self.indices(epoch, b)
+        batch = EncodedBatchBuilder(epoch, len(idx), self.cfg.crop_size)
+        for j, i in enumerate(idx):
+            path, label = self.samples[int(i)]
+            sample = read_encoded(path, self.cfg, sample_rng(self.seed, epoch, int(i)))
+            if sample is None:
+                batch.add_decoded(j, *self.load(epoch, i, bad))
+            else:
+                batch.add_encoded(j, int(i), sample, label)
+        return batch.finish(bad)
 
 
 def normalize_batch(images: torch.Tensor, shifts: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
@@ -155,11 +179,14 @@ class TrainLoader:
     otherwise); labels on ``device`` too. :meth:`set_epoch` moves it to another epoch or batch."""
 
     def __init__(self, dataset: TrainBatches, epoch: int, start_batch: int, loader: DataLoader | None,
-                 sampler: _BatchSampler | None, device: torch.device | str = "cpu", channels_last: bool = False):
-        self.dataset = dataset
+                 sampler: _BatchSampler | None, device: torch.device | str = "cpu", channels_last: bool = False,
+                 mix: BatchMix | None = None, decoder: DeviceDecoder | None = None):
+        self.dataset, self.mix, self.decoder = dataset, mix, decoder
         self.batches_per_epoch = len(dataset)
         self._loader, self._sampler = loader, sampler
         self.device, self.channels_last = torch.device(device), channels_last
+        # on the device once: normalising a batch then copies nothing pageable to it
+        self._mean, self._std = dataset.mean.to(self.device), dataset.std.to(self.device)
         self.set_epoch(epoch, start_batch)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -179,16 +206,27 @@ class TrainLoader:
         self._sampler.epoch, self._sampler.start = self.epoch, self.start_batch
         yield from self._loader
 
+    def _on_device(self, item) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """A worker's batch as normalised float32 images and labels on the device."""
+        if isinstance(item, EncodedBatch):  # the GPU data path; a file it rejects is redone on the CPU path
+            images, labels = self.decoder(item, lambda epoch, index: self.dataset.load(epoch, index, item.bad))
+            return images, labels, item.bad
+        images, shifts, labels, bad = item
+        if shifts is None:  # normalised by the worker
+            images = images.to(self.device, non_blocking=True)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+        else:
+            images = normalize_batch(images, shifts, self._mean, self._std, self.device, self.channels_last)
+        return images, labels.to(self.device, non_blocking=True), bad
+
     def __iter__(self):
-        mean, std = self.dataset.mean, self.dataset.std
-        for images, shifts, labels, bad in self._raw():
-            if shifts is None:  # normalised by the worker
-                images = images.to(self.device, non_blocking=True)
-                if self.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-            else:
-                images = normalize_batch(images, shifts, mean, std, self.device, self.channels_last)
-            yield images, labels.to(self.device, non_blocking=True), bad
+        for b, item in enumerate(self._raw(), self.start_batch):
+            images, labels, bad = self._on_device(item)
+            if self.mix is not None:  # MixUp / CutMix: labels become class probabilities [B, K]
+                images, labels = self.mix(images, labels, seed=self.dataset.seed, epoch=self.epoch, batch=b,
+                                          rank=self.dataset.rank)
+            yield images, labels, bad
 
 
 def _as_is(item):
@@ -198,14 +236,16 @@ def _as_is(item):
 
 def build_train_loader(cfg: DataConfig, samples: Sequence[tuple[str, int]], batch_size: int, *, seed: int,
                        epoch: int = 0, start_batch: int = 0, rank: int = 0, world_size: int = 1,
-                       device: torch.device | str = "cpu", channels_last: bool = False) -> TrainLoader:
+                       device: torch.device | str = "cpu", channels_last: bool = False,
+                       num_classes: int | None = None) -> TrainLoader:
     """Batches of ``(images float32 [B, 3, crop, crop] normalised, labels int64 [B], bad paths)``
     for ``epoch``, starting at batch ``start_batch`` (later epochs: ``set_epoch``), images and
     labels on ``device`` (workers decode and crop; for an accelerator the conversion to float
     and the normalisation run on it, see :func:`normalize_batch`). ``batch_size`` is per
     process; the last incomplete global batch is dropped so every rank has the same number of
     batches. With ``cfg.workers > 0`` and ``cfg.persistent_workers`` the workers are started
-    once and serve every epoch."""
+    once and serve every epoch. With ``cfg.mixup_alpha`` or ``cfg.cutmix_alpha`` the labels are
+    class probabilities [B, ``num_classes``] instead (``verydeep.data.augment``)."""
     device = torch.device(device)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -213,14 +253,49 @@ def build_train_loader(cfg: DataConfig, samples: Sequence[tuple[str, int]], batc
         raise ValueError(f"rank {rank} outside world_size {world_size}")
     if not samples:
         raise DataError("no training samples")
-    dataset = TrainBatches(cfg, samples, batch_size, seed, rank, world_size, raw=device.type != "cpu")
+    decoder = _device_decoder(cfg, device, channels_last) if cfg.decode == "gpu" else None
+    dataset = TrainBatches(cfg, samples, batch_size, seed, rank, world_size, raw=device.type != "cpu",
+                           encoded=decoder is not None)
     loader = sampler = None
-    if cfg.workers > 0:
+    workers = loader_workers(cfg.workers)
+    if workers > 0:
         sampler = _BatchSampler(len(dataset))
-        loader = DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=cfg.workers, collate_fn=_as_is,
+        loader = DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=workers, collate_fn=_as_is,
                             pin_memory=cfg.pin_memory and device.type == "cuda", prefetch_factor=cfg.prefetch_factor,
                             persistent_workers=cfg.persistent_workers)
-    return TrainLoader(dataset, epoch, start_batch, loader, sampler, device, channels_last)
+    mix = None
+    if batch_mix_enabled(cfg):
+        if not num_classes:
+            raise ValueError("data.mixup_alpha / data.cutmix_alpha need the number of classes (num_classes)")
+        mix = BatchMix(cfg, num_classes)
+    return TrainLoader(dataset, epoch, start_batch, loader, sampler, device, channels_last, mix, decoder)
+
+
+def _device_decoder(cfg: DataConfig, device: torch.device, channels_last: bool) -> DeviceDecoder | None:
+    """``data.decode: gpu``'s decoder, or None where the CPU path must serve (said in the log)."""
+    if image_augment_enabled(cfg):  # RandAugment & co. work on the worker's decoded crops
+        log.warning("data.decode=gpu: data.auto_augment / data.random_erasing run in the loader workers on "
+                    "decoded images; the workers decode on the CPU")
+        return None
+    mean, std = normalization(cfg)
+    return device_decoder(cfg, device, mean, std, channels_last)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def loader_workers(requested: int | None) -> int:
+    """``data.workers``; None: the cores available per training process (the node's
+    ``LOCAL_WORLD_SIZE`` processes share them), less one for the process itself, at least 1."""
+    if requested is not None:
+        return requested
+    per_process = available_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, per_process - 1)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -333,9 +408,10 @@ def build_eval_loader(cfg: DataConfig, samples: Sequence[tuple[str, int]], batch
         raise ValueError(f"crop {crop} is larger than the test scale Q={scale}")
     batches = plan_eval_batches(cfg, samples, batch_size, scale, crop, rank, world_size)
     dataset = EvalBatches(cfg, samples, batches, scale, crop)
-    if cfg.workers == 0 or not batches:
+    workers = loader_workers(cfg.workers)
+    if workers == 0 or not batches:
         return EvalLoader(dataset, None)
-    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=min(cfg.workers, len(batches)),
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=min(workers, len(batches)),
                         collate_fn=_as_is,
                         prefetch_factor=cfg.prefetch_factor, pin_memory=False)
     return EvalLoader(dataset, loader)

@@ -157,28 +157,48 @@ def random_resized_crop_box(rng, width: int, height: int, scale=(0.08, 1.0), rat
     return (x0, y0, x0 + w, y0 + h)
 
 
+def draw_scale(rng: np.random.Generator, cfg: DataConfig) -> int | None:
+    """A sample's first choice: its training scale S (scale_jitter), None for random_resized_crop."""
+    return sample_scale(rng, cfg) if cfg.train_transform == "scale_jitter" else None
+
+
+def draw_geometry(rng: np.random.Generator, cfg: DataConfig, width: int, height: int,
+                  scale: int | None) -> CropParams:
+    """A sample's other choices, after S, for an image stored at ``width`` x ``height``: the
+    crop, the flip, the colour alphas, in that order. Every decoder (PIL here, the GPU in
+    ``verydeep.data.gpu_decode``) takes its samples' geometry from this and :func:`draw_scale`,
+    so a sample does not depend on where it was decoded."""
+    crop = cfg.crop_size
+    if scale is not None:
+        resized, offset, box = scale_jitter_params(rng, width, height, scale, crop)
+    else:
+        resized, offset = None, None
+        box = random_resized_crop_box(rng, width, height, cfg.rrc_scale, cfg.rrc_ratio)
+    flip = bool(rng.random() < 0.5) if cfg.flip else False
+    alpha = rng.normal(0.0, cfg.colour_shift, 3) if cfg.colour_shift > 0 else np.zeros(3)
+    return CropParams(scale, resized, offset, box, flip, alpha)
+
+
+def colour_shift(cfg: DataConfig, alpha: np.ndarray) -> np.ndarray:
+    """The RGB shift (float32, [0, 1] units) of colour alphas ``alpha``; zeros when disabled."""
+    if cfg.colour_shift <= 0:
+        return np.zeros(3, dtype=np.float32)
+    eigval, eigvec = pca_basis(cfg)
+    return colour_shift_rgb(alpha, eigval, eigvec).astype(np.float32)
+
+
 def train_sample(path, cfg: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, CropParams]:
     """Decode ``path`` and apply the training transform with choices drawn from ``rng`` in a
     fixed order (S, crop, flip, alphas). Returns the uint8 crop [crop, crop, 3] (flipped), the
     RGB colour shift to add in [0, 1] units, and the parameters drawn."""
     crop = cfg.crop_size
-    if cfg.train_transform == "scale_jitter":
-        s = sample_scale(rng, cfg)
-        img = load_image(path, s if cfg.draft else None)
-        resized, offset, box = scale_jitter_params(rng, *original_size(img), s, crop)
-    else:
-        s, resized, offset = None, None, None
-        img = load_image(path)
-        box = random_resized_crop_box(rng, img.width, img.height, cfg.rrc_scale, cfg.rrc_ratio)
-    flip = bool(rng.random() < 0.5) if cfg.flip else False
-    alpha = rng.normal(0.0, cfg.colour_shift, 3) if cfg.colour_shift > 0 else np.zeros(3)
-    out = img.resize((crop, crop), RESAMPLE, box=_to_decoded(box, img))
-    if flip:
+    scale = draw_scale(rng, cfg)
+    img = load_image(path, scale if scale is not None and cfg.draft else None)
+    params = draw_geometry(rng, cfg, *original_size(img), scale)
+    out = img.resize((crop, crop), RESAMPLE, box=_to_decoded(params.box, img))
+    if params.flip:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    out = np.asarray(out)
-    eigval, eigvec = pca_basis(cfg)
-    shift = colour_shift_rgb(alpha, eigval, eigvec) if cfg.colour_shift > 0 else np.zeros(3)
-    return out, shift.astype(np.float32), CropParams(s, resized, offset, box, flip, alpha)
+    return np.asarray(out), colour_shift(cfg, params.alpha), params
 
 
 def normalize_(x: torch.Tensor, shifts: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

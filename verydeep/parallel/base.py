@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from verydeep.parallel.distributed import DistInfo
 
@@ -88,9 +89,11 @@ class ParallelStrategy:
         if dist.is_initialized() and self.dist.world_size > 1:
             dist.all_reduce(shared)
         total = (once + shared).sqrt()
-        coef = min(1.0, max_norm / (total.item() + 1e-6))
-        if coef < 1.0:
-            for p in self.parameters():
-                if p.grad is not None:
-                    p.grad.mul_(coef)
+        # The coefficient stays on the device (no host read in the training step); x 1.0 when
+        # the norm is within bounds is exact, so the unclipped case is unchanged.
+        coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        for p in self.parameters():
+            if p.grad is not None:
+                grad = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+                grad.mul_(coef.to(grad.dtype))
         return total

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -12,71 +13,115 @@ import torch
 log = logging.getLogger(__name__)
 
 
+# metrics.jsonl key -> (TensorBoard series, tag). A series is a sub-folder of RUN_DIR/tensorboard
+# (a "run" in TensorBoard's UI): equal tags of different series share one chart, so train and
+# val loss are drawn together under "loss", as are val and EMA errors under "top1_error".
+TENSORBOARD_TAGS = {
+    ("train", "loss"): ("train", "loss"),
+    ("train", "images_per_s"): ("train", "images_per_s"),
+    ("train", "skipped"): ("train", "skipped_steps"),
+    ("val", "val_loss"): ("val", "loss"),
+    ("val", "val_top1_error"): ("val", "top1_error"),
+    ("val", "val_top5_error"): ("val", "top5_error"),
+    ("val", "val_bad_images"): ("val", "bad_images"),
+    ("val", "ema_val_loss"): ("val_ema", "loss"),
+    ("val", "ema_val_top1_error"): ("val_ema", "top1_error"),
+    ("val", "ema_val_top5_error"): ("val_ema", "top5_error"),
+    ("epoch", "bad_files"): ("train", "bad_files"),
+}
+
+
 class MetricsLog:
-    """Appends records to RUN_DIR/metrics.jsonl (flushed per line) and mirrors scalars to
-    TensorBoard. Only rank 0 constructs one with ``enabled=True``."""
+    """Appends records to RUN_DIR/metrics.jsonl (flushed per line) and mirrors their figures to
+    TensorBoard (:data:`TENSORBOARD_TAGS`; the LR once, per step, through :meth:`scalar`).
+    Only rank 0 constructs one with ``enabled=True``."""
 
     def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self._file = open(self.path, "a", buffering=1) if enabled else None
-        self._tb = None
-        if enabled and tensorboard:
+        self._tb_dir = Path(run_dir) / "tensorboard" if enabled and tensorboard else None
+        self._writers: dict = {}
+
+    def _writer(self, series: str):
+        if self._tb_dir is None:
+            return None
+        if series not in self._writers:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
             except ImportError as e:  # tensorboard is a dependency; keep training if it breaks
                 log.warning("TensorBoard disabled: %s", e)
+                self._tb_dir = None
+                return None
+            self._writers[series] = SummaryWriter(log_dir=str(self._tb_dir / series))
+        return self._writers[series]
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
         record = {"time": round(time.time(), 3), **record}
         self._file.write(json.dumps(record) + "\n")
-        if self._tb is not None:
-            kind = record.get("kind", "train")
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("step", "epoch", "time"):
-                    self._tb.add_scalar(f"{kind}/{key}", value, record.get("step", 0))
+        if self._tb_dir is None:
+            return
+        kind = record.get("kind", "train")
+        for key, value in record.items():
+            target = TENSORBOARD_TAGS.get((kind, key))
+            if target and isinstance(value, (int, float)) and (writer := self._writer(target[0])):
+                writer.add_scalar(target[1], value, record.get("step", 0))
 
-    def scalar(self, tag: str, value: float, step: int) -> None:
-        if self._tb is not None:
-            self._tb.add_scalar(tag, value, step)
+    def scalar(self, tag: str, value: float, step: int, series: str = "train") -> None:
+        """One figure straight to TensorBoard (e.g. the LR at every step), not to metrics.jsonl."""
+        if writer := self._writer(series):
+            writer.add_scalar(tag, value, step)
 
     def close(self) -> None:
         if self._file:
             self._file.close()
             self._file = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
 
 
 class TrainMeter:
-    """One epoch's training figures: the mean loss since the last report, and images/s since
-    the epoch began. Losses are summed on the device, so a step costs no host sync; a report
-    reads the sum once."""
+    """One epoch's training figures: the mean loss since the last report, images/s since the
+    epoch began, and the steps whose loss was non-finite (their update was dropped).
+
+    A step costs no host sync: losses stay on the device, summed there (non-finite ones
+    masked out) and kept for the next read-back, which fetches the whole window at once."""
 
     def __init__(self, device: torch.device) -> None:
         self.loss_sum = torch.zeros((), device=device)
-        self.losses = 0
+        self.losses = 0  # finite losses in the sum, counted as they are read back
         self.images = 0
         self.t0 = time.perf_counter()
+        self._unread: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet read back
 
-    def add(self, loss: torch.Tensor | None, images: int) -> None:
-        """One step's loss (None: a skipped step, which counts only its images)."""
-        if loss is not None:
-            self.loss_sum += loss.detach()
-            self.losses += 1
+    def add(self, step: int, loss: torch.Tensor, images: int) -> None:
+        """Step ``step``'s batch-mean loss (non-finite: the step was skipped) and its images."""
+        loss = loss.detach()
+        self.loss_sum += torch.where(torch.isfinite(loss), loss, 0.0)
+        self._unread.append((step, loss))
         self.images += images
 
-    def report(self) -> tuple[float, float]:
-        """(mean loss since the last report, images/s since the epoch began); starts a new loss window."""
-        mean = (self.loss_sum / max(1, self.losses)).item()
+    def take_skipped(self) -> list[tuple[int, float]]:
+        """(step, loss) of the non-finite steps added since the last call: one host read."""
+        if not self._unread:
+            return []
+        values = torch.stack([loss for _, loss in self._unread]).tolist()
+        skipped = [(step, value) for (step, _), value in zip(self._unread, values) if not math.isfinite(value)]
+        self.losses += len(values) - len(skipped)
+        self._unread = []
+        return skipped
+
+    def report(self) -> tuple[float | None, float, list[tuple[int, float]]]:
+        """(mean finite loss since the last report, None if every step was skipped; images/s
+        since the epoch began; the skipped steps not taken yet); starts a new loss window."""
+        skipped = self.take_skipped()
+        mean = (self.loss_sum / self.losses).item() if self.losses else None
         self.loss_sum.zero_()
         self.losses = 0
-        return mean, self.images / (time.perf_counter() - self.t0)
+        return mean, self.images / (time.perf_counter() - self.t0), skipped
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

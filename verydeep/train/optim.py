@@ -23,13 +23,53 @@ def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
+def freeze_convolutions(model: nn.Module) -> int:
+    """``model.freeze_convs``: the conv layers (and their batch norm) keep their weights while
+    the FC layers train (the paper's FC-only fine-tuning, Sec. 4.5). Their gradients are
+    switched off, so :func:`parameter_groups` leaves them out of the optimiser. Returns the
+    number of tensors frozen."""
+    frozen = 0
+    for p in model.features.parameters():
+        p.requires_grad_(False)
+        frozen += 1
+    return frozen
+
+
+def kernel_choice(params: list[nn.Parameter], device: torch.device) -> dict:
+    """``fused`` or ``foreach`` for the optimiser over ``params`` on ``device``.
+
+    CUDA: the fused kernels (one launch per group, and they take the step's device-side
+    non-finite flag, so the step needs no host sync; see ``verydeep.train.step``) where every
+    parameter is a plain tensor; DTensor shards (the hybrid mode's FC layers) keep foreach.
+    CPU: plain per-tensor loops, whose arithmetic the bitwise resume and the demo's figures
+    are built on."""
+    if device.type != "cuda":
+        return {"foreach": False}
+    if all(type(p) is nn.Parameter for p in params):
+        return {"fused": True}
+    return {"foreach": True}
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
     groups = parameter_groups(model, cfg)
-    # foreach kernels on CUDA (one launch per group instead of per tensor); plain loops on CPU
-    # keep the update bitwise identical across runs.
-    extra = {"foreach": device.type == "cuda"}
+    extra = kernel_choice([p for g in groups for p in g["params"]], device)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **extra)
     if cfg.name == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **extra)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **extra)
+
+
+def initialise_momentum(optimizer: torch.optim.Optimizer) -> None:
+    """Zero momentum buffers for a fused SGD that has not stepped yet.
+
+    Fused SGD allocates its buffers uninitialised on its first step and fills them there; if
+    that first step is dropped (``found_inf``), the next step would read the garbage. A zero
+    buffer gives the same first update (momentum x 0 + gradient = gradient), so this changes
+    no arithmetic. A no-op once the optimiser has state."""
+    if optimizer.state or not isinstance(optimizer, torch.optim.SGD):
+        return
+    for group in optimizer.param_groups:
+        if group["momentum"] != 0:
+            for p in group["params"]:
+                optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 # The fields a checkpoint holds, under these names (its top-level keys).
 CHECKPOINTED = ("epoch", "step", "batch_in_epoch", "best_top1_error", "bad_files", "stopped_because",
-                "plateau_stopped")
+                "plateau_stopped", "skipped_steps")
 
 
 @dataclass
@@ -16,6 +16,7 @@ class TrainState:
     batch_in_epoch: int = 0  # batches of epoch ``epoch`` done: where a resumed run picks up
     best_top1_error: float | None = None  # best end-of-epoch val top-1 error so far (percent)
     bad_files: int = 0  # unreadable training images skipped so far (replacements drawn)
+    skipped_steps: int = 0  # steps whose loss was non-finite, their update dropped (train.nonfinite=skip)
     stopped_because: str = ""  # why the run stopped; empty while it runs
     plateau_stopped: bool = False  # the plateau rule ended the run: a resume trains no further
     # The latest validation's figures, for the run's result. Not checkpointed: a resumed run
@@ -31,3 +32,4 @@ class TrainState:
         # Absent from checkpoints written before the run outcome was recorded.
         self.stopped_because = state.get("stopped_because", "")
         self.plateau_stopped = bool(state.get("plateau_stopped", False))
+        self.skipped_steps = int(state.get("skipped_steps", 0))

@@ -1,0 +1,112 @@
+"""Non-finite losses in a training run: stopped with one line and exit code 5 (diverged),
+never naming a checkpoint that does not exist; under ``train.nonfinite=skip`` counted in the
+metrics and the result, and the run fails when too many steps were skipped. Both with the
+CPU's host check and with the device-side guard CUDA runs use (fused optimiser, no sync)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from verydeep.cli.main import main
+from verydeep.config import load_config
+from verydeep.errors import EXIT_DIVERGED
+from verydeep.train import setup as run_setup
+from verydeep.train import step as step_module
+from verydeep.train.checkpoint import load_checkpoint
+from verydeep.train.loop import train
+from verydeep.train.optim import parameter_groups
+from verydeep.train.step import NonFiniteLossError, TooManySkippedSteps
+
+from .conftest import TINY_OVERRIDES
+
+
+def _cfg(root, *extra):
+    return load_config(None, [*TINY_OVERRIDES, f"data.root={root}", "train.plot=false", *extra])
+
+
+def _poison(monkeypatch, bad_calls):
+    """forward_backward's loss is NaN on the given calls (0-based), its gradients untouched."""
+    real = step_module.forward_backward
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        loss = real(*a, **k)
+        calls["n"] += 1
+        return loss * float("nan") if calls["n"] - 1 in bad_calls else loss
+
+    monkeypatch.setattr(step_module, "forward_backward", poisoned)
+
+
+@pytest.fixture
+def device_guard(monkeypatch):
+    """The run's optimiser fused, as on CUDA: the step drops a non-finite update on the device
+    and the loop learns of it when it reads the losses back."""
+    def fused(model, cfg, device):
+        return torch.optim.SGD(parameter_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum, fused=True)
+
+    monkeypatch.setattr(run_setup, "build_optimizer", fused)
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_device_guard_stops_at_the_next_log_line(tiny_imagenet, tmp_path, monkeypatch, device_guard):
+    _poison(monkeypatch, {2})
+    with pytest.raises(NonFiniteLossError, match="loss is nan at step 2 .epoch 1, batch 2.") as e:
+        train(_cfg(tiny_imagenet, "train.log_every=2"), tmp_path / "run")
+    assert "no checkpoint was written" in str(e.value) and not (tmp_path / "run" / "last.pt").exists()
+    assert [r["step"] for r in _records(tmp_path / "run") if r["kind"] == "train"] == [2]  # step 4's never written
+
+
+def test_device_guard_never_checkpoints_past_a_non_finite_step(tiny_imagenet, tmp_path, monkeypatch, device_guard):
+    _poison(monkeypatch, {2})
+    with pytest.raises(NonFiniteLossError, match="at step 2 ") as e:
+        train(_cfg(tiny_imagenet, "train.checkpoint_every_steps=1", "train.log_every=10"), tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["step"] == 2 and f"{tmp_path / 'run' / 'last.pt'} holds the last good state" in str(e.value)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def _train_cli(root, out, *sets):
+    recipe = out.parent / "recipe.yaml"
+    recipe.write_text("train:\n  epochs: 2\n")
+    args = [x for o in TINY_OVERRIDES for x in ("--set", o)] + [x for o in sets for x in ("--set", o)]
+    return main(["train", "--config", str(recipe), "--data", str(root), "--out", str(out), *args])
+
+
+def test_a_diverged_run_ends_in_one_line_and_exit_code_5(tiny_imagenet, tmp_path, monkeypatch, capsys):
+    _poison(monkeypatch, {0})
+    assert _train_cli(tiny_imagenet, tmp_path / "run", "train.plot=false") == EXIT_DIVERGED
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("verydeep:")]
+    assert "Traceback" not in err and len(lines) == 1
+    assert "loss is nan at step 0" in lines[0] and "no checkpoint was written" in lines[0]
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("guard", ["host", "device"])
+def test_too_many_skipped_steps_fail_the_run(tiny_imagenet, tmp_path, monkeypatch, request, guard):
+    """7 of 8 steps skipped: not 'completed', but exit code 5; every skip counted."""
+    if guard == "device":
+        request.getfixturevalue("device_guard")
+    _poison(monkeypatch, {0, 1, 2, 3, 5, 6, 7})
+    with pytest.raises(TooManySkippedSteps, match="7 of 8 steps had a non-finite loss") as e:
+        train(_cfg(tiny_imagenet, "train.nonfinite=skip"), tmp_path / "run")
+    assert e.value.exit_code == EXIT_DIVERGED
+    records = _records(tmp_path / "run")
+    assert [r["step"] for r in records if r["kind"] == "skipped"] == [0, 1, 2, 3, 5, 6, 7]
+    train_records = [r for r in records if r["kind"] == "train"]
+    assert [r["skipped"] for r in train_records] == [1, 1, 1, 1, 0, 1, 1, 1]
+    assert [r["loss"] is None for r in train_records] == [True] * 4 + [False] + [True] * 3  # never 0.0
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["skipped_steps"] == 7
+
+
+def test_the_skipped_count_reaches_the_cli_as_exit_code_5(tiny_imagenet, tmp_path, monkeypatch, capsys):
+    _poison(monkeypatch, set(range(1, 8)))
+    assert _train_cli(tiny_imagenet, tmp_path / "run", "train.plot=false", "train.nonfinite=skip") == EXIT_DIVERGED
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "7 of 8 steps had a non-finite loss" in err

@@ -1,0 +1,176 @@
+"""The training step's non-finite guard: a planted inf/NaN loss never reaches the weights or
+the optimiser state, with no host read on the fused (CUDA) path; the meter reports it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from verydeep.errors import EXIT_DIVERGED
+from verydeep.models import create_model
+from verydeep.parallel.config import ParallelConfig
+from verydeep.parallel.distributed import DistInfo
+from verydeep.parallel.strategy import build_strategy
+from verydeep.train import step as step_module
+from verydeep.train.config import OptimConfig, ScheduleConfig
+from verydeep.train.metrics import TrainMeter
+from verydeep.train.optim import build_optimizer, kernel_choice, parameter_groups
+from verydeep.train.schedules import LRSchedule
+from verydeep.train.step import NonFiniteLossError, StepSettings, skips_on_device, train_step
+
+
+def _setup(optimizer="sgd", fused=False, seed=0):
+    torch.manual_seed(seed)
+    model = create_model("A", num_classes=4, width=1 / 16, head_size=1, fc_features=16, dropout=0.0)
+    strategy = build_strategy(model, ParallelConfig(), DistInfo(), crop_size=32)
+    cfg = OptimConfig(name=optimizer, lr=0.05)
+    if fused:  # the CUDA choice, on CPU: the kernels that take found_inf
+        cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optimizer]
+        kwargs = {"momentum": cfg.momentum} if optimizer == "sgd" else {}
+        opt = cls(parameter_groups(model, cfg), lr=cfg.lr, fused=True, **kwargs)
+    else:
+        opt = build_optimizer(model, cfg, torch.device("cpu"))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    schedule = LRSchedule(ScheduleConfig(name="constant"), cfg.lr, steps_per_epoch=10, epochs=1)
+    gen = torch.Generator().manual_seed(1)
+    batch = torch.randn(4, 3, 32, 32, generator=gen), torch.randint(0, 4, (4,), generator=gen)
+    return model, strategy, opt, scaler, schedule, batch
+
+
+def _snapshot(model, opt):
+    params = [p.detach().clone() for p in model.parameters()]
+    state = [{k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()} for s in opt.state.values()]
+    return params, state
+
+
+def _assert_unchanged(before, model, opt):
+    params, state = before
+    for a, b in zip(params, model.parameters()):
+        assert torch.equal(a, b)
+    assert len(state) == len(opt.state)
+    for old, new in zip(state, opt.state.values()):
+        for k, v in old.items():
+            assert torch.equal(v, new[k]) if torch.is_tensor(v) else v == new[k], k
+
+
+def _poison(monkeypatch, value=float("inf")):
+    """The loss comes back non-finite while the gradients stay finite: only the guard can stop them."""
+    real = step_module.forward_backward
+    monkeypatch.setattr(step_module, "forward_backward", lambda *a, **k: real(*a, **k) * value)
+
+
+def _step(strategy, opt, scaler, schedule, batch, n, **settings):
+    return train_step(strategy, opt, scaler, schedule, *batch, step=n, settings=StepSettings(**settings))
+
+
+class NoHostReads:
+    """Fails the test on any read of a tensor's value back to Python (the host syncs on CUDA)."""
+
+    NAMES = ("item", "tolist", "__bool__", "__float__", "__int__")
+
+    def __init__(self, monkeypatch):
+        for name in self.NAMES:
+            monkeypatch.setattr(torch.Tensor, name, self._refuse(name))
+
+    @staticmethod
+    def _refuse(name):
+        def refuse(*_a, **_k):
+            raise AssertionError(f"host read ({name}) in the training step")
+        return refuse
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_planted_inf_loss_leaves_weights_and_state_unchanged_without_a_host_read(monkeypatch, optimizer):
+    model, strategy, opt, scaler, schedule, batch = _setup(optimizer, fused=True)
+    assert skips_on_device(opt, scaler)
+    for n in range(2):  # momentum / moments exist and are non-zero
+        _step(strategy, opt, scaler, schedule, batch, n)
+    before = _snapshot(model, opt)
+    with monkeypatch.context() as m:
+        _poison(m)
+        NoHostReads(m)
+        loss = _step(strategy, opt, scaler, schedule, batch, 2, grad_clip=1.0)
+    assert math.isinf(loss.item())
+    _assert_unchanged(before, model, opt)
+    assert all(p.grad is None for p in model.parameters())
+    # and the next finite step trains on
+    assert math.isfinite(_step(strategy, opt, scaler, schedule, batch, 3).item())
+    assert not torch.equal(before[0][0], next(model.parameters()))
+
+
+def test_a_skipped_first_step_leaves_fused_sgd_as_if_it_had_not_happened(monkeypatch):
+    """Fused SGD fills its momentum buffers on its first step; a dropped first step must not
+    leave them uninitialised for the second."""
+    model, strategy, opt, scaler, schedule, batch = _setup("sgd", fused=True)
+    fresh, fresh_strategy, fresh_opt, *_ = _setup("sgd", fused=True)
+    with monkeypatch.context() as m:
+        _poison(m, float("nan"))
+        _step(strategy, opt, scaler, schedule, batch, 0)
+    _step(strategy, opt, scaler, schedule, batch, 1)
+    _step(fresh_strategy, fresh_opt, scaler, schedule, batch, 1)
+    for a, b in zip(model.parameters(), fresh.parameters()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_host_path_never_steps_on_a_non_finite_loss(monkeypatch, policy):
+    """CPU training keeps plain per-tensor loops (their arithmetic is what bitwise resume is
+    built on) and decides on the host: stop raises at once, skip drops the update."""
+    model, strategy, opt, scaler, schedule, batch = _setup("sgd")
+    assert not skips_on_device(opt, scaler)
+    _step(strategy, opt, scaler, schedule, batch, 0)
+    before = _snapshot(model, opt)
+    _poison(monkeypatch, float("nan"))
+    if policy == "stop":
+        with pytest.raises(NonFiniteLossError, match="loss is nan at step 1") as e:
+            _step(strategy, opt, scaler, schedule, batch, 1, nonfinite="stop")
+        assert e.value.exit_code == EXIT_DIVERGED and math.isnan(e.value.value)
+    else:
+        assert math.isnan(_step(strategy, opt, scaler, schedule, batch, 1, nonfinite="skip").item())
+    _assert_unchanged(before, model, opt)
+
+
+def test_device_and_host_paths_take_the_same_finite_steps():
+    """Fused kernels on finite steps do what the plain loops do (to rounding)."""
+    plain, s1, o1, scaler, schedule, batch = _setup("sgd")
+    fused, s2, o2, *_ = _setup("sgd", fused=True)
+    for n in range(3):
+        _step(s1, o1, scaler, schedule, batch, n, grad_clip=0.5)
+        _step(s2, o2, scaler, schedule, batch, n, grad_clip=0.5)
+    for a, b in zip(plain.parameters(), fused.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_clipping_matches_torch_and_stays_on_the_device():
+    model, strategy, opt, scaler, schedule, batch = _setup("sgd")
+    ref = create_model("A", num_classes=4, width=1 / 16, head_size=1, fc_features=16, dropout=0.0)
+    ref.load_state_dict(model.state_dict())
+    for net in (model, ref):
+        torch.nn.functional.cross_entropy(net(batch[0]), batch[1]).backward()
+    total = strategy.clip_grad_norm_(0.01)
+    ref_total = torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.01)
+    torch.testing.assert_close(total.float(), ref_total)
+    for a, b in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_optimiser_kernels_per_device():
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert kernel_choice(params, torch.device("cpu")) == {"foreach": False}
+    assert kernel_choice(params, torch.device("cuda")) == {"fused": True}
+    opt = build_optimizer(torch.nn.Linear(2, 2), OptimConfig(), torch.device("cpu"))
+    assert not opt.param_groups[0]["fused"] and opt.param_groups[0]["foreach"] is False
+
+
+def test_meter_reports_the_mean_of_applied_steps_and_the_skipped_ones():
+    meter = TrainMeter(torch.device("cpu"))
+    for step, value in enumerate([1.0, float("nan"), 3.0, float("inf")]):
+        meter.add(step, torch.tensor(value, dtype=torch.float64), images=2)
+    assert meter.take_skipped() == [(1, pytest.approx(float("nan"), nan_ok=True)), (3, float("inf"))]
+    loss, images_per_s, skipped = meter.report()
+    assert loss == 2.0 and skipped == [] and images_per_s > 0
+    meter.add(4, torch.tensor(float("nan")), images=2)
+    loss, _, skipped = meter.report()
+    assert loss is None and [s for s, _ in skipped] == [4]

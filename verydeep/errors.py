@@ -15,7 +15,7 @@ EXIT_USAGE = 2  # bad command line, recipe, key or value (argparse's own code fo
 EXIT_DATA = 3  # a dataset or image folder that cannot be used as given
 EXIT_CHECKPOINT = 4  # a checkpoint or weights file missing, damaged, or not matching the run
 EXIT_DIVERGED = 5  # training stopped: non-finite loss, or too many skipped steps
-EXIT_RUN_FOLDER = 6  # the run folder is in use, finished, or holds another run
+EXIT_RUN_FOLDER = 6  # the run folder is in use, holds a run (no --resume/--overwrite), or has nothing to resume
 EXIT_IO = 7  # the system refused: disk full, permission denied, read-only folder
 
 
@@ -31,7 +31,7 @@ EXIT_CODES = {
     EXIT_DATA: "dataset or image folder unusable as given",
     EXIT_CHECKPOINT: "checkpoint or weights file missing, damaged, or not matching",
     EXIT_DIVERGED: "training diverged (non-finite loss, or too many skipped steps)",
-    EXIT_RUN_FOLDER: "run folder in use, finished, or holding another run",
+    EXIT_RUN_FOLDER: "run folder in use, holding a run (without --resume or --overwrite), or nothing to resume",
     EXIT_IO: "disk full, permission denied or read-only folder",
     exit_code_for_signal(signal.SIGINT): "interrupted by SIGINT (Ctrl-C); a checkpoint was written",
     exit_code_for_signal(signal.SIGTERM): "interrupted by SIGTERM (preemption); a checkpoint was written",
@@ -56,14 +56,32 @@ class CheckpointError(VerydeepError, ValueError):
     exit_code = EXIT_CHECKPOINT
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No checkpoint where one was named (a run folder without ``best.pt``/``last.pt``, a typo)."""
+
+
+class OutputError(VerydeepError, OSError):
+    """The system refused a write: disk full, permission denied, read-only folder.
+    ``OutputError(errno, message)``: the message names the file."""
+
+    exit_code = EXIT_IO
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()  # the message alone, without "[Errno N]"
+
+
 class RunFolderError(VerydeepError, RuntimeError):
-    """A run folder another process is training in, a finished run, or another run's folder."""
+    """A run folder another process is training in, one holding a run a new training would
+    replace, or one with nothing to resume."""
 
     exit_code = EXIT_RUN_FOLDER
 
 
 class Interrupted(VerydeepError, RuntimeError):
-    """A run stopped by a signal after writing its checkpoint; exits 128 + the signal number."""
+    """A run stopped by a signal after writing its checkpoint; exits 128 + the signal number.
+
+    Not a failure of the run, so the CLI prints it without "error:"; raised (not returned) so
+    that no caller, such as the demo's evaluation, goes on as if training had finished."""
 
     def __init__(self, signal_name: str, message: str):
         super().__init__(message)

@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 
-from verydeep.errors import EXIT_IO, EXIT_USAGE, VerydeepError, exit_code_for_signal
+from verydeep.errors import EXIT_IO, EXIT_USAGE, Interrupted, VerydeepError, exit_code_for_signal
 
 # Command modules, each with ``add_parser(subparsers)``; handlers return an exit code.
 COMMANDS = (
@@ -19,6 +19,8 @@ COMMANDS = (
     "verydeep.cli.data",
     "verydeep.cli.evaluate",
     "verydeep.cli.bench",
+    "verydeep.cli.fuse",
+    "verydeep.cli.reproduce",
 )
 
 
@@ -59,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         code = expected_failure_code(e)
         if code is None or args.verbose:
             raise
-        print(f"verydeep: error: {one_line(e)}", file=sys.stderr)
+        _release_frames(e)
+        # An interruption is not an error of the run: its checkpoint is written.
+        kind = "" if isinstance(e, Interrupted) else "error: "
+        print(f"verydeep: {kind}{one_line(e)}", file=sys.stderr)
         return code
 
 
@@ -76,9 +81,19 @@ def expected_failure_code(e: BaseException) -> int | None:
     return None
 
 
+def _release_frames(e: BaseException | None) -> None:
+    """Drop the tracebacks of ``e`` and the exceptions it chains: the failed command's frames
+    are freed now, so their progress bars close (and print) before the last line, not after."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__traceback__ = None
+        e = e.__cause__ or e.__context__
+
+
 def one_line(e: BaseException) -> str:
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-    if isinstance(e, OSError) and e.filename and str(e.filename) not in str(msg):
+    if isinstance(e, OSError) and e.filename:  # the system's own: "PATH: reason", without "[Errno N]"
         msg = f"{e.filename}: {e.strerror or msg}"
     return " ".join(str(msg).split())
 

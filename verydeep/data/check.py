@@ -6,8 +6,9 @@ import os
 from multiprocessing import get_context
 from pathlib import Path
 
-from verydeep.data.decode import is_image_name, load_image
+from verydeep.data.decode import load_image
 from verydeep.data.errors import BadImageError
+from verydeep.data.index_cache import walk_images
 
 
 def _check_one(path: str) -> tuple[str, str | None]:
@@ -39,17 +40,16 @@ def check_images(paths, workers: int = 0, progress: bool = True, desc: str = "ch
 
 
 def image_files(folder) -> list[str]:
-    """Every image file under ``folder`` (recursively), sorted."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image_name(f) and not f.startswith("."))
-    return out
+    """Every image file under ``folder`` (recursively, each real directory once), sorted."""
+    return walk_images(folder)[0]
 
 
 def check_path(path, workers: int = 0, index_cache=None, progress: bool = True) -> dict:
     """Check a dataset root (train/ and val/ inside: layouts and labels are validated too) or
-    any folder of images. Returns {"images": n, "bad": [(path, reason)], "summary": str|None}."""
+    any folder of images. Returns {"images": n, "bad": [(path, reason)], "summary": str|None};
+    ``bad`` also lists what the file index skipped: symlink loops and links to folders indexed
+    already (their images would be counted twice, possibly under another class), non-regular
+    files and broken links."""
     from verydeep.data.config import DataConfig
     from verydeep.data.layouts import discover
 
@@ -57,11 +57,15 @@ def check_path(path, workers: int = 0, index_cache=None, progress: bool = True) 
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     if path.is_file():
-        paths, summary = [str(path)], None
+        paths, summary, skipped = [str(path)], None, []
+    elif not path.is_dir():
+        paths, summary, skipped = [], None, [(str(path), "not a regular file (FIFO, socket or device)")]
     elif (path / "train").is_dir() or (path / "val").is_dir() or (path / "ILSVRC").is_dir():
         splits = discover(DataConfig(root=str(path), index_cache=index_cache))
         paths, summary = [p for p, _ in splits.train] + [p for p, _ in splits.val], splits.summary()
+        skipped = list(splits.problems)
     else:
-        paths, summary = image_files(path), None
+        paths, skipped = walk_images(path)
+        summary = None
     bad = check_images(paths, workers=workers, progress=progress)
-    return {"images": len(paths), "bad": bad, "summary": summary}
+    return {"images": len(paths), "bad": [*skipped, *bad], "summary": summary}

@@ -1,9 +1,17 @@
-"""File index of an image folder, cached on disk and keyed on the folder's state.
+"""File index of an image folder: every real directory walked once, cached on disk.
 
 Listing ImageNet's 1.28M training files takes minutes on network file systems; re-listing it
-on every start is waste. The key is the modification time of the folder and of each of its
-sub-folders (adding, removing or renaming a file changes its folder's mtime), so a changed
-dataset is re-listed and an unchanged one is read back in about a second.
+on every start is waste. The cache is keyed on the modification time of every directory the
+walk entered (adding, removing or renaming a file or folder changes its parent's mtime, at
+any depth), so a changed dataset is re-listed and an unchanged one is read back after one
+``stat`` per directory.
+
+The walk follows symbolic links (datasets are often assembled from links) but enters each
+real directory once: a link back up the tree (``loop -> ..``) or to a folder walked already
+(another class's folder, say) would otherwise repeat its images, under another class's label.
+Such links, and entries that are not regular files (a FIFO named ``x.JPEG`` would block its
+reader forever), are skipped and reported as ``problems``: ``data check`` lists them, and
+``discover`` warns.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +28,7 @@ from verydeep.data.decode import is_image_name
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -30,11 +39,14 @@ def default_cache_dir() -> Path:
 @dataclass
 class FolderIndex:
     """Image files of one folder: ``classes`` maps each sub-folder (sorted) to its sorted image
-    file names; ``files`` are the sorted image files directly inside the folder."""
+    file names; ``files`` are the sorted image files directly inside the folder; ``problems``
+    are (path, reason) of entries skipped (links to folders walked already, non-regular files,
+    broken links)."""
 
     path: str
     classes: dict[str, list[str]] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
     from_cache: bool = False
 
     @property
@@ -42,52 +54,115 @@ class FolderIndex:
         return len(self.files) + sum(len(v) for v in self.classes.values())
 
 
-def _stamp(path: Path) -> dict:
-    top = os.stat(path).st_mtime_ns
-    subs = {}
-    with os.scandir(path) as it:
-        for e in it:
-            if e.is_dir(follow_symlinks=True) and not e.name.startswith("."):
-                subs[e.name] = e.stat(follow_symlinks=True).st_mtime_ns
-    return {"top": top, "subdirs": subs}
+class _Walk:
+    """One walk: the real directories entered (by device and inode), their mtimes, problems."""
+
+    def __init__(self, top: Path) -> None:
+        self.top = top
+        self.seen: dict[tuple[int, int], str] = {}
+        self.mtimes: dict[str, int] = {}
+        self.problems: list[tuple[str, str]] = []
+
+    def enter(self, path: Path, st: os.stat_result) -> bool:
+        """Record directory ``path``; False (and a problem) if its real directory was entered already."""
+        key = (st.st_dev, st.st_ino)
+        if key in self.seen:
+            reason = f"links to {self.seen[key]}, already indexed (symlink loop or duplicate folder): skipped"
+            self.problems.append((str(path), reason))
+            return False
+        self.seen[key] = str(path)
+        self.mtimes[os.path.relpath(path, self.top)] = st.st_mtime_ns
+        return True
+
+    def entries(self, folder: Path) -> tuple[list[tuple[Path, os.stat_result]], list[str]]:
+        """(sub-folders with their stat, image file names) directly in ``folder``, sorted; hidden
+        names ignored; other entries reported when they look like images."""
+        dirs, files = [], []
+        with os.scandir(folder) as it:
+            listing = sorted(it, key=lambda e: e.name)
+        for e in listing:
+            if e.name.startswith("."):
+                continue
+            try:
+                st = os.stat(e.path)  # follows links
+            except OSError as err:
+                self.problems.append((e.path, f"unreadable or broken link ({err.strerror}): skipped"))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                dirs.append((Path(e.path), st))
+            elif not is_image_name(e.name):
+                continue
+            elif stat.S_ISREG(st.st_mode):
+                files.append(e.name)
+            else:
+                self.problems.append((e.path, "not a regular file (FIFO, socket or device): skipped"))
+        return dirs, files
+
+    def images_under(self, folder: Path) -> list[str]:
+        """Image files under ``folder`` (entered already), as paths relative to it, sorted."""
+        out = []
+        stack = [folder]
+        while stack:
+            current = stack.pop()
+            dirs, files = self.entries(current)
+            rel = os.path.relpath(current, folder)
+            out.extend(f if rel == "." else os.path.join(rel, f) for f in files)
+            stack.extend(d for d, st in reversed(dirs) if self.enter(d, st))
+        return sorted(out)
 
 
-def _scan(path: Path, subdirs) -> FolderIndex:
-    index = FolderIndex(str(path))
-    with os.scandir(path) as it:
-        index.files = sorted(e.name for e in it if not e.name.startswith(".") and e.is_file() and is_image_name(e.name))
-    for name in sorted(subdirs):
-        files = []
-        for dirpath, dirnames, filenames in os.walk(path / name, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            rel = os.path.relpath(dirpath, path / name)
-            files.extend(f if rel == "." else os.path.join(rel, f)
-                         for f in filenames if not f.startswith(".") and is_image_name(f))
-        index.classes[name] = sorted(files)
-    return index
+def _scan(path: Path) -> tuple[FolderIndex, dict[str, int]]:
+    """The index of ``path`` and the mtimes of the directories walked (the cache key)."""
+    walk = _Walk(path)
+    walk.enter(path, os.stat(path))
+    subdirs, files = walk.entries(path)
+    # Every class folder is claimed before any is walked, so a link from one class into
+    # another is skipped whichever comes first in sorted order.
+    classes = [(d, st) for d, st in subdirs if walk.enter(d, st)]
+    index = FolderIndex(str(path), files=files)
+    for d, _ in classes:
+        index.classes[d.name] = walk.images_under(d)
+    index.problems = walk.problems
+    return index, walk.mtimes
+
+
+def _unchanged(path: Path, mtimes: dict[str, int]) -> bool:
+    try:
+        return all(os.stat(path / rel).st_mtime_ns == t for rel, t in mtimes.items())
+    except OSError:
+        return False
+
+
+def walk_images(folder) -> tuple[list[str], list[tuple[str, str]]]:
+    """(every image file under ``folder``, as full paths, sorted; problems), uncached."""
+    folder = Path(folder)
+    walk = _Walk(folder)
+    walk.enter(folder, os.stat(folder))
+    return [os.path.join(folder, f) for f in walk.images_under(folder)], walk.problems
 
 
 def scan_folder(path, cache_dir=None) -> FolderIndex:
     """The image files of ``path`` (a folder of class folders, or a flat folder), from the
-    cache in ``cache_dir`` when the folder has not changed since it was written."""
+    cache in ``cache_dir`` when no directory under it changed since it was written."""
     path = Path(path).resolve()
     if not path.is_dir():
         raise FileNotFoundError(f"not a folder: {path}")
-    stamp = _stamp(path)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     cache_file = cache_dir / (hashlib.sha1(str(path).encode()).hexdigest()[:20] + ".json")
     try:
         cached = json.loads(cache_file.read_text())
-        if cached.get("version") == CACHE_VERSION and cached.get("path") == str(path) and cached.get("stamp") == stamp:
-            return FolderIndex(str(path), cached["classes"], cached["files"], from_cache=True)
-    except (OSError, ValueError, KeyError):
+        if (cached.get("version") == CACHE_VERSION and cached.get("path") == str(path)
+                and _unchanged(path, cached["mtimes"])):
+            return FolderIndex(str(path), cached["classes"], cached["files"],
+                               [tuple(p) for p in cached["problems"]], from_cache=True)
+    except (OSError, ValueError, KeyError, TypeError):
         pass
-    index = _scan(path, stamp["subdirs"])
+    index, mtimes = _scan(path)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"version": CACHE_VERSION, "path": str(path), "stamp": stamp,
-                                   "classes": index.classes, "files": index.files}))
+        tmp.write_text(json.dumps({"version": CACHE_VERSION, "path": str(path), "mtimes": mtimes,
+                                   "classes": index.classes, "files": index.files, "problems": index.problems}))
         os.replace(tmp, cache_file)
     except OSError as e:
         log.debug("could not write the file index cache %s: %s", cache_file, e)

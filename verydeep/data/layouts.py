@@ -46,6 +46,9 @@ class Splits:
     train_dir: str | None = None
     val_dir: str | None = None
     val_labels: str | None = None  # the ground-truth file used, if any
+    # (path, reason) of entries the file index skipped: links to folders indexed already
+    # (symlink loops, duplicates), non-regular files, broken links
+    problems: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -241,9 +244,10 @@ def _synset_names(cfg: DataConfig, search: list[Path]) -> tuple[dict[str, str], 
     return read_synset_names(names_file), names_file
 
 
-def _train_samples(train: Path, cache) -> tuple[list[tuple[str, int]], list[str]]:
+def _train_samples(train: Path, cache, problems: list) -> tuple[list[tuple[str, int]], list[str]]:
     """(samples, classes) of a train/<class>/<image> folder; labels are sorted-class indices."""
     tindex = scan_folder(train, cache)
+    problems.extend(tindex.problems)
     if not tindex.classes:
         raise DataError(f"{train}: no class folders (expected train/<class>/<image>)")
     empty = [c for c, files in tindex.classes.items() if not files]
@@ -272,7 +276,8 @@ def _val_class_folders(val: Path, vindex: FolderIndex, classes: list[str], train
     samples = []
     for c in sorted(vindex.classes):
         if c not in class_index:
-            raise DataError(f"{val / c}: validation class {c!r} is not a class of the training set ({train})")
+            raise DataError(f"{val / c}: validation class {c!r} is not a class of the training set "
+                            f"({train or 'the class list given'})")
         base = os.path.join(vindex.path, c)
         samples.extend((os.path.join(base, f), class_index[c]) for f in vindex.classes[c])
     return samples, classes
@@ -331,18 +336,31 @@ def _val_flat(cfg: DataConfig, val: Path, vindex: FolderIndex, classes: list[str
     return samples, classes, layout, labels_file
 
 
-def discover(cfg: DataConfig) -> Splits:
+def _warn_problems(problems: list[tuple[str, str]]) -> None:
+    for path, reason in problems[:5]:
+        log.warning("%s: %s", path, reason)
+    if len(problems) > 5:
+        log.warning("%d more entries skipped (verydeep data check lists them all)", len(problems) - 5)
+
+
+def discover(cfg: DataConfig, classes: list[str] | None = None) -> Splits:
     """Find the training and validation samples of ``cfg`` and their labels (see module doc).
-    Fails fast, naming the file and line, on empty folders and inconsistent ground truth."""
+    Fails fast, naming the file and line, on empty folders and inconsistent ground truth.
+
+    ``classes``: the class list to number a validation folder by when there is no training
+    folder (a checkpoint's, for evaluation); the training folder's classes take precedence."""
     root, train, val = _resolve_dirs(cfg)
     search = _search_dirs(root, train, val)
     names, names_file = _synset_names(cfg, search)
-    train_samples, classes = _train_samples(train, cfg.index_cache) if train is not None else ([], [])
+    problems: list[tuple[str, str]] = []
+    train_samples, found = _train_samples(train, cfg.index_cache, problems) if train is not None else ([], [])
+    classes = found or list(classes or [])
 
     val_samples: list[tuple[str, int]] = []
     layout, labels_file = "none", None
     if val is not None:
         vindex = scan_folder(val, cfg.index_cache)
+        problems.extend(vindex.problems)
         if vindex.classes and vindex.files and not cfg.val_labels:
             raise DataError(f"{val}: holds both class folders and {len(vindex.files)} loose images; "
                             "cannot tell its layout (set data.val_labels for a flat folder)")
@@ -357,6 +375,7 @@ def discover(cfg: DataConfig) -> Splits:
     class_names = {c: names[c] for c in classes if c in names}
     splits = Splits(train_samples, val_samples, classes, class_names, layout,
                     str(train) if train else None, str(val) if val else None,
-                    str(labels_file) if labels_file else None)
+                    str(labels_file) if labels_file else None, problems)
+    _warn_problems(problems)
     log.info("data: %s", splits.summary())
     return splits

@@ -34,18 +34,30 @@ from verydeep.train.checkpoint import find_checkpoint
 log = logging.getLogger(__name__)
 
 # DataConfig fields that describe how a net's input was made (the rest say where data lives
-# and how it is loaded, which belongs to the dataset being evaluated).
+# and how it is loaded, which belongs to the dataset being evaluated). A net's stats_file is
+# always None (below), and copying it over the dataset's keeps a dataset's statistics from
+# replacing the net's mean and std.
 PREPROCESSING_KEYS = ("normalize", "mean", "std", "stats_file", "crop_size", "scale_min", "scale_max")
+# DataConfig fields naming files and folders. A checkpoint supplies the model, its classes and
+# its preprocessing, never these: evaluation reads and writes only where the command line and
+# the local defaults say (a stored data.index_cache or val_dir would steer it elsewhere).
+LOCATION_KEYS = ("root", "train_dir", "val_dir", "val_labels", "val_synsets", "synset_names", "index_cache",
+                 "stats_file")
 TORCHVISION = {"normalize": "mean_std", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
                "scale_min": 256, "scale_max": 256, "crop_size": 224}
 CAFFE = {"normalize": "mean_std", "mean": [123.68 / 255, 116.779 / 255, 103.939 / 255],
          "std": [1 / 255] * 3, "scale_min": 256, "scale_max": 256, "crop_size": 224}
 
 
-def data_config(values: dict | None = None):
-    """A DataConfig from (a subset of) its fields; unknown keys are dropped with a warning."""
-    names = {f.name for f in dataclasses.fields(DataConfig)}
+def data_config(values: dict | None = None, source: str | Path = "checkpoint"):
+    """A DataConfig from (a subset of) its fields, without its paths (LOCATION_KEYS); unknown
+    keys are dropped with a warning."""
+    names = {f.name for f in dataclasses.fields(DataConfig)} - set(LOCATION_KEYS)
     values = dict(values or {})
+    if values.get("stats_file"):  # an older run's, never resolved into the values stored beside it
+        log.warning("%s names data.stats_file=%s: not read (a checkpoint never chooses files); its stored "
+                    "mean and std are used", source, values["stats_file"])
+    values = {k: v for k, v in values.items() if k not in LOCATION_KEYS}
     unknown = sorted(set(values) - names)
     if unknown:
         log.warning("ignoring data settings this version does not know: %s", ", ".join(unknown))
@@ -90,17 +102,18 @@ def _torchvision_names(num_classes: int) -> list[str] | None:
         return None
 
 
-def load_eval_net(path: str | Path, *, caffe_bgr: bool = False, which: str = "best") -> EvalNet:
-    """Load a run directory, checkpoint, exported file or foreign VGG state dict."""
+def load_eval_net(path: str | Path, *, caffe_bgr: bool = False, which: str = "best", ema: bool = False) -> EvalNet:
+    """Load a run directory, checkpoint, exported file or foreign VGG state dict (``ema``: a
+    training checkpoint's moving average of the weights instead of the weights)."""
     file = find_checkpoint(path, which)
-    state, meta = read_weights(file)
+    state, meta = read_weights(file, ema=ema)
     model = model_from_state(state, meta, caffe_bgr=caffe_bgr, source=file).eval()
     spec = model.spec
     config = meta.get("config") or {}
     if caffe_bgr:
         data, convention = data_config(CAFFE), "caffe"
     elif isinstance(config, dict) and config.get("data"):
-        data, convention = data_config(config["data"]), "recipe"
+        data, convention = data_config(config["data"], file), "recipe"
     elif meta.get("preprocessing"):
         data, convention = data_config(meta["preprocessing"]), "exported"
     else:

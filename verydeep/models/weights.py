@@ -7,15 +7,16 @@ unpickling, so a checkpoint from the internet cannot run code on load.
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from verydeep.errors import CheckpointError
 from verydeep.models.configurations import CONFIGURATIONS
 from verydeep.models.vgg import VGG, VGGSpec, make_features
+from verydeep.safe_load import DIGEST_KEY, load_safetensors_file, load_torch_file, tensors_sha256
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
 
@@ -46,34 +47,52 @@ def save_weights(model: VGG, path: str | Path, meta: dict | None = None) -> Path
     spec = model.spec.to_dict() if isinstance(model, VGG) else None
     info = {"spec": spec, **(meta or {})}
     if path.suffix == ".safetensors":
-        save_file(state, str(path), metadata={"verydeep": json.dumps(info)})
+        # safetensors has no checksum of its own: the digest lets read_weights find damage.
+        save_file(state, str(path), metadata={"verydeep": json.dumps(info), DIGEST_KEY: tensors_sha256(state)})
     else:
         torch.save({"model": state, "spec": spec, "meta": meta or {}}, path)
     return path
 
 
-def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state dict, metadata) from our files, training checkpoints or foreign VGG state dicts."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
+# What a run folder stands for where a weights file is expected, in order of preference.
+RUN_FOLDER_WEIGHTS = ("best.pt", "last.pt")
 
-        with safe_open(str(path), framework="pt") as f:
-            raw_meta = (f.metadata() or {}).get("verydeep")
+
+def weights_file(path: str | Path) -> Path:
+    """A weights file as given, or a run folder's best checkpoint (``last.pt`` before the run
+    has validated once): the one rule behind ``--checkpoint``, ``model.init_from`` and
+    ``model.weights``."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for name in RUN_FOLDER_WEIGHTS:
+        if (path / name).is_file():
+            return path / name
+    raise FileNotFoundError(f"run folder {path} holds no {' or '.join(RUN_FOLDER_WEIGHTS)}")
+
+
+def read_weights(path: str | Path, *, ema: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, metadata) from our files, training checkpoints (or a run folder: see
+    :func:`weights_file`) or foreign VGG state dicts. ``ema``: a training checkpoint's moving
+    average of the weights (``train.ema_decay``) instead of its weights.
+
+    Read through ``verydeep.safe_load``: no code runs, and a damaged or truncated file fails
+    with a CheckpointError naming it."""
+    path = weights_file(path)
+    if ema and path.suffix == ".safetensors":
+        raise CheckpointError(f"{path}: an exported file holds one set of weights; --ema needs a training checkpoint")
+    if path.suffix == ".safetensors":
+        state, metadata = load_safetensors_file(path)
+        raw_meta = metadata.get("verydeep")
         meta = json.loads(raw_meta) if raw_meta else {}
-        return clean_state_dict(load_file(str(path))), meta
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"refused to load {path}: it holds Python objects other than tensors and plain "
-            f"containers, and verydeep never unpickles arbitrary code (weights_only=True). "
-            f"Convert it to safetensors in a trusted environment. Detail: {str(e).splitlines()[0]}"
-        ) from None
+        return clean_state_dict(state), meta
+    obj = load_torch_file(path)
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a state dict or a checkpoint dict, got {type(obj).__name__}")
+        raise CheckpointError(f"{path}: expected a state dict or a checkpoint dict, got {type(obj).__name__}")
+    if ema:
+        if not isinstance(obj.get("ema"), dict):
+            raise CheckpointError(f"{path} holds no EMA weights (its run was trained without train.ema_decay)")
+        obj = {**obj, "model": obj["ema"]}
     meta: dict = {}
     for key in ("model", "state_dict", "model_state_dict"):
         if key in obj and isinstance(obj[key], dict):
@@ -84,7 +103,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             break
     if not all(isinstance(v, torch.Tensor) for v in obj.values()):
         bad = next(k for k, v in obj.items() if not isinstance(v, torch.Tensor))
-        raise ValueError(f"{path}: entry {bad!r} is not a tensor; not a VGG state dict")
+        raise CheckpointError(f"{path}: entry {bad!r} is not a tensor; not a VGG state dict")
     return clean_state_dict(obj), meta
 
 
@@ -138,7 +157,7 @@ def model_from_state(state: dict[str, torch.Tensor], meta: dict, *, caffe_bgr: b
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{source}: weights do not fit {spec}: {e}") from None
+        raise CheckpointError(f"{source}: weights do not fit {spec}: {e}") from None
     return model
 
 

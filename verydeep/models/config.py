@@ -26,3 +26,6 @@ class ModelConfig:
     # Start from a full set of weights (e.g. S=384 from the S=256 net, or torchvision's).
     weights: str | None = None
     caffe_bgr: bool = False  # the weights expect BGR input (Caffe): flip conv1's channels
+    # Fine-tune the FC layers only (the paper's last ILSVRC ensemble member, Sec. 4.5): the conv
+    # layers (and their batch norm) keep their weights, out of the optimiser, requires_grad off.
+    freeze_convs: bool = False

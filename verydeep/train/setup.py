@@ -1,13 +1,16 @@
 """Everything a training run builds once before its first step, and the state it starts from.
 
-:func:`setup` joins the process group, fixes the runtime policy (device, AMP, memory format),
-finds the data, builds the model and spreads it with its parallel strategy, then the
-optimiser, LR schedule, loss scaler, metrics log and training loader; under ``--resume`` it
-restores all of them from ``last.pt``. The loop (``verydeep.train.loop``) only uses them.
+:func:`setup` joins the process group, claims the run folder (its lock, the start mode:
+``verydeep.train.run_folder``), fixes the runtime policy (device, AMP, memory format), finds
+the data, builds the model and spreads it with its parallel strategy, then the optimiser, LR
+schedule, loss scaler, metrics log and training loader; under ``--resume`` it
+restores all of them from ``last.pt``, once it is known to fit this run's config and classes
+(``verydeep.train.resume_check``). The loop (``verydeep.train.loop``) only uses them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -15,9 +18,11 @@ from pathlib import Path
 
 import torch
 
-from verydeep.config import Config, save_config
+from verydeep.config import Config, ConfigError, save_config
 from verydeep.data import Splits, build_train_loader, discover
 from verydeep.data.loaders import TrainLoader
+from verydeep.data.stats import resolve_stats
+from verydeep.errors import CheckpointError
 from verydeep.models.from_config import model_from_config
 from verydeep.models.vgg import VGGSpec
 from verydeep.parallel.distributed import DistInfo, barrier, init_distributed
@@ -28,8 +33,12 @@ from verydeep.train.checkpoint import (
     load_training_checkpoint,
     save_training_checkpoint,
 )
+from verydeep.train.input_convention import check_start_weights
+from verydeep.train.ema import ModelEMA
 from verydeep.train.metrics import MetricsLog
-from verydeep.train.optim import build_optimizer
+from verydeep.train.optim import build_optimizer, freeze_convolutions
+from verydeep.train.resume_check import check_resumable
+from verydeep.train.run_folder import RunFolder, claim_run_folder, trim_metrics
 from verydeep.train.schedules import LRSchedule
 from verydeep.train.state import TrainState
 from verydeep.train.step import StepSettings
@@ -57,6 +66,8 @@ class Run:
     steps_per_epoch: int  # global batches in an epoch
     max_steps: float  # the epochs' steps, capped by train.max_iterations
     val_batch_size: int  # per process
+    folder: RunFolder | None = None  # the claimed run folder (its lock): released when the run ends
+    ema: ModelEMA | None = None  # the weights' moving average (train.ema_decay)
 
     @property
     def is_main(self) -> bool:
@@ -74,7 +85,18 @@ class Run:
         save_training_checkpoint(self.run_dir / name, state, weights=weights, spec=self.spec, cfg=self.cfg,
                                  classes=self.splits.classes, class_names=self.splits.class_names,
                                  optimizer=self.optimizer, schedule=self.schedule, scaler=self.scaler,
-                                 world_size=self.dist.world_size, parallel_mode=self.strategy.mode)
+                                 world_size=self.dist.world_size, parallel_mode=self.strategy.mode,
+                                 metrics_bytes=_size(self.metrics.path),
+                                 ema=self.ema.state_dict() if self.ema else None,
+                                 ema_updates=self.ema.updates if self.ema else 0)
+
+    def release_folder(self) -> None:
+        if self.folder is not None:
+            self.folder.release()
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
 
 
 def batch_plan(global_batch: int, world: int, micro: int | None) -> tuple[int, int]:
@@ -106,14 +128,21 @@ def _batches(cfg: Config, world_size: int, train_images: int) -> tuple[int, int,
     return per_process, accum, steps_per_epoch
 
 
-def _checkpoint_to_resume(run_dir: Path, resume: bool) -> TrainingCheckpoint | None:
-    path = run_dir / "last.pt"
-    if not resume:
+def _checkpoint_to_resume(folder: RunFolder, cfg: Config, splits: Splits, is_main: bool) -> TrainingCheckpoint | None:
+    """``last.pt`` when the run resumes, checked against today's config and data; metrics.jsonl
+    cut back to where the checkpoint was written."""
+    if not folder.resume:
         return None
-    if not path.is_file():
-        log.warning("--resume: no checkpoint in %s, starting from scratch", run_dir)
-        return None
-    return load_training_checkpoint(path)
+    path = folder.path / "last.pt"
+    ckpt = load_training_checkpoint(path)
+    check_resumable(path, ckpt.config, ckpt.classes, cfg, splits.classes)
+    if is_main:
+        trim_metrics(folder.path / "metrics.jsonl", ckpt.metrics_bytes)
+        if ckpt.state.best_top1_error is not None and not (folder.path / "best.pt").is_file():
+            log.warning("%s records a best val top-1 error of %.2f%% but best.pt is missing (written by an older "
+                        "version that could lose it); it is written again at the next improvement", path,
+                        ckpt.state.best_top1_error)
+    return ckpt
 
 
 def _resumed_state(ckpt: TrainingCheckpoint, run: Run) -> TrainState:
@@ -137,24 +166,77 @@ def _log_plan(run: Run, accum: int, per_process: int) -> None:
              run.dist.world_size, accum, per_process // accum)
 
 
-def setup(cfg: Config, run_dir: Path, *, resume: bool = False) -> tuple[Run, TrainState]:
-    """The run's parts and the state to start from: fresh, or ``run_dir/last.pt``'s under ``resume``."""
-    dist = init_distributed(cfg.train.device, cfg.parallel.backend)
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+def _with_dataset_stats(cfg: Config, splits: Splits, is_main: bool) -> Config:
+    """``cfg`` with its mean RGB / colour PCA as values (``data.stats_file``, e.g. ``train``: the
+    training set's own), so the saved config and every checkpoint carry the input convention's
+    numbers. Rank 0 computes and caches them first; the other ranks then read the cache."""
+    if not cfg.data.stats_file:
+        return cfg
+    paths = [p for p, _ in splits.train]
+    data = resolve_stats(cfg.data, paths) if is_main else None
     barrier()
+    return dataclasses.replace(cfg, data=data or resolve_stats(cfg.data, paths, progress=False))
+
+
+def setup(cfg: Config, run_dir: Path, *, resume: bool | str = False,
+          overwrite: bool = False) -> tuple[Run, TrainState]:
+    """The run's parts and the state to start from: fresh, or ``run_dir/last.pt``'s.
+
+    ``resume``: True continues ``last.pt`` (there must be one), "auto" continues it when there
+    is one; ``overwrite``: a new run replaces the run already in ``run_dir``. The folder is
+    locked until :meth:`Run.release_folder` (``verydeep.train.run_folder``)."""
+    dist = init_distributed(cfg.train.device, cfg.parallel.backend)
+    folder = claim_run_folder(run_dir, dist, resume=resume, overwrite=overwrite)
+    try:
+        return _build(cfg, folder, dist)
+    except BaseException:
+        folder.release()
+        raise
+
+
+def _load_resumed_weights(model: torch.nn.Module, ckpt: TrainingCheckpoint, path: Path) -> None:
+    try:
+        model.load_state_dict(ckpt.weights)
+    except RuntimeError as e:  # a config check passed, yet the tensors do not fit (a hand-edited file)
+        raise CheckpointError(f"{path}: its weights do not fit the net of this run: {str(e).splitlines()[0]}") \
+            from None
+
+
+def _model_ema(cfg: Config, model: torch.nn.Module, ckpt: TrainingCheckpoint | None,
+               device: torch.device) -> ModelEMA | None:
+    """The weights' moving average (``train.ema_decay``), restored from the checkpoint on resume."""
+    if cfg.train.ema_decay is None:
+        return None
+    if cfg.parallel.pipeline_stages > 1 or cfg.parallel.tensor_parallel_fc:
+        raise ConfigError("train.ema_decay needs the data-parallel mode (one process or DDP): pipeline and "
+                          "hybrid ranks each hold only part of the net")
+    ema = ModelEMA(model, cfg.train.ema_decay, device)
+    if ckpt is not None and ckpt.ema is not None:
+        ema.load_state_dict(ckpt.ema, ckpt.ema_updates)
+    elif ckpt is not None:
+        log.info("train.ema_decay: the checkpoint has no average yet; it starts from the resumed weights")
+    return ema
+
+
+def _build(cfg: Config, folder: RunFolder, dist: DistInfo) -> tuple[Run, TrainState]:
+    run_dir = folder.path
     torch.manual_seed(cfg.train.seed + dist.rank)
     runtime = build_runtime(dist.device, cfg.train.amp, cfg.train.channels_last, dist.local_rank)
     configure_backends(runtime.device, cfg.train.cudnn_benchmark)
     splits = discover(cfg.data)
+    cfg = _with_dataset_stats(cfg, splits, dist.is_main)
+    check_start_weights(cfg, warn=dist.is_main)  # init_from / weights trained on the same kind of input
     per_process, accum, steps_per_epoch = _batches(cfg, dist.world_size, len(splits.train))
 
-    ckpt = _checkpoint_to_resume(run_dir, resume)
+    ckpt = _checkpoint_to_resume(folder, cfg, splits, dist.is_main)
     model = model_from_config(cfg.model, len(splits.classes), cfg.data.crop_size)
+    if cfg.model.freeze_convs:
+        log.info("model.freeze_convs: %d conv-layer tensors frozen; the FC layers train", freeze_convolutions(model))
     if ckpt is not None:
-        model.load_state_dict(ckpt.weights)
+        _load_resumed_weights(model, ckpt, run_dir / "last.pt")
     if runtime.channels_last:  # the memory format only: the strategy places each rank's part on its device
         model.to(memory_format=torch.channels_last)
+    ema = _model_ema(cfg, model, ckpt, runtime.device)  # a copy of the net: before compile wraps its forward
     if cfg.train.compile:
         model.compile()  # compiles forward in place; state-dict keys stay unchanged
     strategy = build_strategy(model, cfg.parallel, dist, crop_size=cfg.data.crop_size, accum=accum)
@@ -169,10 +251,11 @@ def setup(cfg: Config, run_dir: Path, *, resume: bool = False) -> tuple[Run, Tra
         metrics=MetricsLog(run_dir, enabled=dist.is_main, tensorboard=cfg.train.tensorboard),
         loader=build_train_loader(cfg.data, splits.train, per_process, seed=cfg.train.seed,
                                   rank=strategy.data_rank, world_size=strategy.data_world,
-                                  device=runtime.device, channels_last=runtime.channels_last),
+                                  device=runtime.device, channels_last=runtime.channels_last,
+                                  num_classes=len(splits.classes)),
         steps_per_epoch=steps_per_epoch,
         max_steps=min(cfg.train.epochs * steps_per_epoch, cfg.train.max_iterations or math.inf),
-        val_batch_size=cfg.train.val_batch_size or per_process,
+        val_batch_size=cfg.train.val_batch_size or per_process, folder=folder, ema=ema,
     )
     state = TrainState() if ckpt is None else _resumed_state(ckpt, run)
     if dist.is_main:

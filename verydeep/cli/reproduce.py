@@ -1,0 +1,72 @@
+"""``verydeep reproduce``: the paper's chain of nets, the evaluations of Tables 3-6 and a report
+with our numbers next to the paper's (``verydeep.reproduce``)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reproduce", help="train the paper's chain of nets, evaluate Tables 3-6, write the report")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="dataset folder (ImageNet's layouts; for --profile mini, made with the demo generator "
+                        "when it holds no dataset)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for the runs (one per recipe), their evaluations and report.md/json/png; re-run "
+                        "the same command to skip finished runs and resume an interrupted one")
+    p.add_argument("--profile", choices=("imagenet", "mini"), default="imagenet",
+                   help="imagenet: the paper's recipes as they are; mini: the same chain narrowed and shrunk for "
+                        "a 2-core CPU, every departure named in the report (default: %(default)s)")
+    p.add_argument("--tables", default="3,4,5,6", metavar="3,4,5,6",
+                   help="the tables to reproduce; only the runs they need are trained (default: %(default)s)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (runs, order, which exist) and, with a measured throughput, GPU-hours")
+    p.add_argument("--images-per-s", type=float, metavar="N",
+                   help="dry run: measured training images/s of VGG16 (D) at 224 on one device")
+    p.add_argument("--bench", metavar="FILE",
+                   help="dry run: the throughput from `verydeep bench train --preset paper --json FILE`")
+    p.add_argument("--devices", type=int, metavar="N",
+                   help="dry run: devices to train on (default: the GPUs torch sees, at least 1)")
+    p.add_argument("--device", default="auto", help="evaluation device: auto, cpu, cuda or cuda:N")
+    p.set_defaults(func=run_reproduce)
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    from verydeep.reproduce.profiles import get_profile
+    from verydeep.reproduce.reproduction import (
+        Request,
+        describe_plan,
+        parse_tables,
+        reproduce,
+    )
+
+    req = Request(profile=get_profile(args.profile), data=Path(args.data), out=Path(args.out),
+                  tables=parse_tables(args.tables), device=args.device,
+                  command=" ".join(["verydeep", *map(shlex.quote, sys.argv[1:])]))
+    if args.dry_run:
+        print(describe_plan(req, _throughput(args), _devices(args)))
+        return 0
+    for path in reproduce(req):
+        print(f"wrote {path}")
+    return 0
+
+
+def _throughput(args: argparse.Namespace):
+    from verydeep.reproduce.estimate import Throughput, throughput_from_bench
+
+    if args.bench:
+        return throughput_from_bench(args.bench)
+    if args.images_per_s:
+        return Throughput(images_per_s=args.images_per_s, source="--images-per-s")
+    return None
+
+
+def _devices(args: argparse.Namespace) -> int:
+    if args.devices:
+        return args.devices
+    import torch
+
+    return max(1, torch.cuda.device_count())

@@ -1,0 +1,176 @@
+"""The reproduction's report: DIR/report.md (every table in the paper's layout, our top-1 / top-5
+next to the paper's; the paper's findings and whether each held; the runs; the departures),
+DIR/report.json (the same data) and DIR/report.png (our top-1 against the paper's, per cell).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from verydeep.reproduce.findings import Finding
+from verydeep.reproduce.profiles import Profile
+from verydeep.reproduce.tables import (
+    COLUMN_TITLES,
+    COLUMNS,
+    PAPER_TABLE3,
+    PAPER_TABLE4,
+    PAPER_TABLE5,
+    PAPER_TABLE6,
+    TABLE5_PROTOCOLS,
+)
+
+TITLES = {
+    3: "Table 3: single test scale (dense evaluation; Q = S, or Q = 384 for jittered S)",
+    4: "Table 4: three test scales (dense; Q = S-32, S, S+32, or 256, 384, 512 for jittered S)",
+    5: "Table 5: dense vs multi-crop vs both (jittered S, Q = 256, 384, 512)",
+    6: "Table 6: fusion of nets (posteriors averaged)",
+}
+TEST_SCALES = {3: {"S256": "Q=256", "S384": "Q=384", "multiscale": "Q=384"},
+               4: {"S256": "Q=224,256,288", "S384": "Q=352,384,416", "multiscale": "Q=256,384,512"}}
+
+
+def _pair(errors) -> str:
+    return f"{errors[0]:.1f} / {errors[1]:.1f}" if errors else ""
+
+
+def _ours(results: dict, key) -> str:
+    row = results.get(key)
+    return _pair((row["top1_error"], row["top5_error"])) if row else "-"
+
+
+def scale_table(table: int, paper: dict, results: dict) -> list[str]:
+    """Tables 3 and 4: nets by rows, training scale S by columns, ours and the paper's side by side."""
+    cols = [c for c in COLUMNS if any(c in v for v in paper.values())]
+    head = ["net"] + [f"{COLUMN_TITLES[c]}, {TEST_SCALES[table][c]}: {who}" for c in cols for who in ("ours", "paper")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for net, by_col in paper.items():
+        cells = [net]
+        for c in cols:
+            cells += [_ours(results, (table, net, c)) if c in by_col else "", _pair(by_col.get(c))]
+        lines.append("| " + " | ".join(cells) + " |")
+    ours = {c: next((r["scales"] for k, r in results.items() if k[0] == table and k[2] == c), None) for c in cols}
+    lines += ["", "Our test scales: " + "; ".join(f"{COLUMN_TITLES[c]} column Q={','.join(map(str, q))}"
+                                                for c, q in ours.items() if q) + "."]
+    return lines
+
+
+def protocol_table(results: dict) -> list[str]:
+    head = ["net"] + [f"{p}: {who}" for p in TABLE5_PROTOCOLS for who in ("ours", "paper")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for net, by_protocol in PAPER_TABLE5.items():
+        cells = [f"{net}, S=[256;512]"]
+        for p in TABLE5_PROTOCOLS:
+            cells += [_ours(results, (5, net, p)), _pair(by_protocol[p])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def fusion_table(results: dict) -> list[str]:
+    lines = ["| fusion | ours | paper |", "|---|---|---|"]
+    for row, paper in PAPER_TABLE6.items():
+        lines.append(f"| {row} | {_ours(results, (6, row, 'fusion'))} | {_pair(paper)} |")
+    return lines
+
+
+def findings_section(findings: list[Finding]) -> list[str]:
+    lines = ["| the paper's finding | evidence | here | comparisons (top-1 error, %) |", "|---|---|---|---|"]
+    for f in findings:
+        comparisons = "; ".join(c.describe() for c in f.comparisons) or "-"
+        lines.append(f"| {f.claim} | {f.where} | **{f.verdict}** | {comparisons} |")
+    return lines
+
+
+def runs_section(summary: dict[str, dict]) -> list[str]:
+    lines = [("| run | starts from | status before this call | epochs | steps | best val top-1 (centre crop) | "
+              "stopped because | training min |"), "|---|---|---|---:|---:|---:|---|---:|"]
+    for name, r in summary.items():
+        best = r.get("best_top1_error")
+        lines.append(f"| {name} | {r.get('depends_on') or 'scratch'} | {r.get('status', '')} | {r.get('epochs', '')} | "
+                     f"{r.get('steps', '')} | {'' if best is None else f'{best:.1f}'} | "
+                     f"{r.get('stopped_because', '')} | {r.get('train_seconds', 0) / 60:.1f} |")
+    return lines
+
+
+def departures_section(profile: Profile) -> list[str]:
+    if not profile.departures:
+        return ["None: the paper's recipes as packaged (only data.root and the chain's checkpoint paths are set)."]
+    lines = ["| departure | why | measured |", "|---|---|---|"]
+    lines += [f"| {d.what} | {d.why} | {d.measured} |" for d in profile.departures]
+    return lines
+
+
+def report_markdown(profile: Profile, meta: dict, results: dict, findings: list[Finding],
+                    summary: dict[str, dict]) -> str:
+    out = [f"# Reproduction of Simonyan & Zisserman (ICLR 2015), profile `{profile.name}`", "",
+           profile.description, "",
+           *(f"- {k}: {v}" for k, v in meta.items()), "",
+           ("Cells are top-1 / top-5 validation error (%). The paper's numbers are on ILSVRC-2012 "
+            "(50,000 validation images); ours on the data above."), ""]
+    tables = sorted({k[0] for k in results})
+    for t in tables:
+        out += [f"## {TITLES[t]}", ""]
+        if t in (3, 4):
+            out += scale_table(t, PAPER_TABLE3 if t == 3 else PAPER_TABLE4, results)
+        else:
+            out += protocol_table(results) if t == 5 else fusion_table(results)
+        out.append("")
+    out += ["## The paper's findings here", "", *findings_section(findings), "",
+            "## Departures from the paper", "", *departures_section(profile), "",
+            "## Runs", "", *runs_section(summary), "", "![our top-1 error against the paper's](report.png)", ""]
+    return "\n".join(out)
+
+
+def plot_against_paper(results: dict, paper: dict, path: Path) -> Path:
+    """Our top-1 error against the paper's, one point per cell, coloured by table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    for table, colour in zip((3, 4, 5, 6), ("tab:blue", "tab:orange", "tab:green", "tab:red")):
+        keys = [k for k in results if k[0] == table and k in paper]
+        if not keys:
+            continue
+        xs, ys = [paper[k][0] for k in keys], [results[k]["top1_error"] for k in keys]
+        ax.scatter(xs, ys, color=colour, label=f"Table {table}", zorder=3)
+        for k, x, y in zip(keys, xs, ys):
+            label = "D+E" if k[1].startswith("D/") else ("7 nets" if k[1].startswith("7") else f"{k[1]} {k[2]}")
+            ax.annotate(label, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    ax.set_xlabel("the paper's top-1 error (%), ILSVRC-2012 val")
+    ax.set_ylabel("our top-1 error (%)")
+    ax.set_title("Each table cell: ours against the paper's (same order = same findings)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def paper_numbers() -> dict[tuple[int, str, str], tuple[float, float]]:
+    out = {(3, n, c): v for n, cols in PAPER_TABLE3.items() for c, v in cols.items()}
+    out.update({(4, n, c): v for n, cols in PAPER_TABLE4.items() for c, v in cols.items()})
+    out.update({(5, n, p): v for n, ps in PAPER_TABLE5.items() for p, v in ps.items()})
+    out.update({(6, r, "fusion"): v for r, v in PAPER_TABLE6.items()})
+    return out
+
+
+def write_report(out_dir: Path, profile: Profile, meta: dict, results: dict, findings: list[Finding],
+                 summary: dict[str, dict]) -> list[Path]:
+    """Write report.md, report.json and report.png into ``out_dir``; returns their paths."""
+    paper = paper_numbers()
+    md = out_dir / "report.md"
+    md.write_text(report_markdown(profile, meta, results, findings, summary))
+    data = {"profile": profile.name, **meta, "departures": [asdict(d) for d in profile.departures],
+            "cells": [{"table": k[0], "row": k[1], "column": k[2], "ours": row, "paper": paper.get(k)}
+                      for k, row in results.items()],
+            "findings": [{"claim": f.claim, "where": f.where, "verdict": f.verdict, "note": f.note,
+                          "comparisons": [{**asdict(c), "holds": c.holds, "beyond_noise": c.beyond_noise}
+                                          for c in f.comparisons]} for f in findings],
+            "runs": summary}
+    js = out_dir / "report.json"
+    js.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return [md, js, plot_against_paper(results, paper, out_dir / "report.png")]

@@ -1,0 +1,146 @@
+"""Carry out a reproduction plan: train the chain (skipping finished runs, resuming interrupted
+ones), evaluate every table cell (once per net, results cached next to the runs), fuse saved
+posteriors for Table 6.
+
+Everything on disk lives under the output folder: a folder per run (as ``verydeep train``
+writes it, plus ``reproduce.json``: the training time spent on it so far), ``eval/`` (per
+net: the rows as JSON, the posteriors Table 6 fuses as safetensors), and the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from verydeep.data import discover
+from verydeep.evaluate import EvalOptions, RowSpec, evaluate_rows, load_eval_net
+from verydeep.evaluate.posteriors_file import (
+    fuse_saved,
+    load_posteriors,
+    save_posteriors,
+)
+from verydeep.reproduce.chain import DONE, INTERRUPTED, PlannedRun, run_status
+from verydeep.reproduce.tables import Cell, Eval, evaluations_by_run
+from verydeep.runtime import build_runtime
+from verydeep.train.loop import train
+
+log = logging.getLogger(__name__)
+
+RUN_RECORD = "reproduce.json"  # in each run folder: {"train_seconds": ...}
+
+
+def _record(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def train_chain(plan: list[PlannedRun]) -> dict[str, dict]:
+    """Train every run of ``plan`` in order that has not finished; per run: its summary (status
+    before this call, training seconds over all attempts, what the training returned)."""
+    summary = {}
+    for run in plan:
+        record = _record(run.run_dir)
+        if run.status == DONE:
+            log.info("%s: finished earlier, skipped", run.name)
+            summary[run.name] = {**record, "status": run.status}
+            continue
+        log.info("%s: %s (%s)", run.name, "resuming" if run.status == INTERRUPTED else "training",
+                 f"from {run.depends_on}" if run.depends_on else "from scratch")
+        t = time.perf_counter()
+        try:
+            result = train(run.config(), run.run_dir, resume="auto")
+        finally:  # an interrupted attempt's time counts too
+            record["train_seconds"] = record.get("train_seconds", 0.0) + time.perf_counter() - t
+            if run.run_dir.is_dir():
+                (run.run_dir / RUN_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        record.update(stopped_because=result.stopped_because, best_top1_error=result.best_top1_error,
+                      epochs=result.epochs_done, steps=result.steps)
+        (run.run_dir / RUN_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        summary[run.name] = {**record, "status": run.status}
+        run.status = run_status(run.run_dir)
+    return summary
+
+
+@dataclass
+class EvalSettings:
+    data_root: Path
+    runs_dir: Path  # the output folder: one folder per run
+    eval_dir: Path
+    batch_size: int = 32
+    device: str = "auto"
+    progress: bool = True
+
+
+def _stamp(checkpoint: Path) -> list[int]:
+    stat = checkpoint.stat()
+    return [stat.st_mtime_ns, stat.st_size]
+
+
+def evaluate_run(run_dir: Path, wanted: dict[Eval, bool], settings: EvalSettings) -> dict[Eval, dict]:
+    """The table rows of one net (``wanted``: evaluation -> keep its posteriors), read from
+    ``eval/<run>.json`` when that was computed from the same ``best.pt``, else evaluated in one
+    sweep (one read of the data per test scale for all protocols)."""
+    name = run_dir.name
+    cache, posteriors = settings.eval_dir / f"{name}.json", settings.eval_dir / f"{name}.posteriors.safetensors"
+    stamp = _stamp(run_dir / "best.pt")
+    try:
+        cached = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    rows = {Eval(name, r["protocol"], r["which"]): r for r in cached.get("rows", [])}
+    fresh = cached.get("checkpoint") == stamp
+    if fresh and all(e in rows for e in wanted) and (posteriors.is_file() or not any(wanted.values())):
+        return {e: rows[e] for e in wanted}
+    net = load_eval_net(run_dir)
+    data_cfg = dataclasses.replace(net.data, root=str(settings.data_root))
+    splits = discover(data_cfg)
+    samples = splits.val
+    evals = list(wanted)
+    specs = [RowSpec.for_nets(e.protocol, [net.data], e.scales) for e in evals]
+    t = time.perf_counter()
+    result = evaluate_rows([net], data_cfg, samples, specs, classes=splits.classes,
+                           options=EvalOptions(batch_size=settings.batch_size, progress=settings.progress),
+                           runtime=build_runtime(settings.device), keep_posteriors=any(wanted.values()))
+    log.info("%s: %d evaluations in %.0f s", name, len(evals), time.perf_counter() - t)
+    if any(wanted.values()):
+        save_posteriors(result, posteriors)
+    rows = {e: {**row, "which": e.scales, "posteriors_row": i} for i, (e, row) in enumerate(zip(evals, result.rows))}
+    settings.eval_dir.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"checkpoint": stamp, "seconds": time.perf_counter() - t,
+                                 "rows": list(rows.values())}, indent=2) + "\n")
+    return rows
+
+
+@dataclass
+class TableResults:
+    """Our numbers per table cell, (table, row, column) -> the row as the evaluator reports it."""
+
+    cells: dict[tuple[int, str, str], dict] = field(default_factory=dict)
+    images: int = 0
+
+    def errors(self) -> dict[tuple[int, str, str], tuple[float, float]]:
+        return {k: (r["top1_error"], r["top5_error"]) for k, r in self.cells.items()}
+
+
+def evaluate_cells(cells: list[Cell], settings: EvalSettings) -> TableResults:
+    """Every cell of ``cells``: single nets from their evaluations, fusions from saved posteriors."""
+    by_run = {run: evaluate_run(settings.runs_dir / run, wanted, settings)
+              for run, wanted in evaluations_by_run(cells).items()}
+    out = TableResults()
+    for cell in cells:
+        if cell.fused:
+            files = [f"{settings.eval_dir / e.run}.posteriors.safetensors#{by_run[e.run][e]['posteriors_row']}"
+                     for e in cell.evals]
+            row, _ = fuse_saved([load_posteriors(f) for f in files])
+        else:
+            (e,) = cell.evals
+            row = by_run[e.run][e]
+        out.cells[(cell.table, cell.row, cell.column)] = row
+        out.images = max(out.images, row["images"])
+    return out

@@ -4,6 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
+# A second `make demo` continues the run in DEMO_DIR (or, finished, only evaluates it again);
+# DEMO_ARGS=--overwrite trains it afresh.
+DEMO_ARGS ?= --auto-resume
 
 .PHONY: setup test demo clean
 
@@ -19,7 +22,7 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: setup
-	$(BIN)/verydeep demo --out $(DEMO_DIR)
+	$(BIN)/verydeep demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -44,6 +44,9 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     # Free text: which paper setting the recipe reproduces (section, table).
     description: str = ""
+    # The recipe's name (a packaged recipe's, or a YAML file's stem), set by load_config: runs,
+    # plots and reports say which recipe they come from. Informational only.
+    recipe: str = ""
 
 
 def _check(value: Any, tp: Any, key: str) -> Any:
@@ -167,6 +170,8 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[s
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a recipe must be a mapping of sections")
+    if recipe is not None:
+        data.setdefault("recipe", Path(str(recipe)).name.removesuffix(".yaml"))
     for item in overrides:
         apply_override(data, item)
     try:

@@ -26,7 +26,7 @@ def test_check_lists_bad_files(tmp_path, capsys):
     (root / "train" / WNIDS[0] / "truncated.JPEG").write_bytes(good[: len(good) // 2])
     (root / "train" / WNIDS[1] / "page.JPEG").write_text("<html></html>")
     write_image(root / "train" / WNIDS[1] / "cmyk.JPEG", mode="CMYK")
-    rc = run_cli("check", str(root), "--workers", "0", "--index-cache", str(tmp_path / "c"))
+    rc = run_cli("check", "--data", str(root), "--workers", "0", "--index-cache", str(tmp_path / "c"))
     out = capsys.readouterr().out
     assert rc == 1
     assert "truncated.JPEG" in out and "page.JPEG" in out and "cmyk.JPEG" not in out
@@ -55,7 +55,7 @@ def test_stats_cli_writes_usable_file(tmp_path):
     root = tmp_path / "ds"
     write_class_folders(root / "train", WNIDS, per_class=2)
     out = tmp_path / "stats.json"
-    assert run_cli("stats", str(root), "--images", "4", "--workers", "0", "--out", str(out)) == 0
+    assert run_cli("stats", "--data", str(root), "--images", "4", "--workers", "0", "--json", str(out)) == 0
     stats = json.loads(out.read_text())
     assert stats["images"] == 4 and len(stats["pca_eigvec"]) == 3
     from verydeep.data import normalization
@@ -73,7 +73,7 @@ def test_prepare_caps_short_side_and_keeps_layout(tmp_path):
     (src / "LOC_val_solution.csv").write_text(f"ImageId,PredictionString\nILSVRC2012_val_00000001,{WNIDS[0]}\n")
     (src / "train" / WNIDS[0] / "bad.JPEG").write_text("nope")
     dst = tmp_path / "dst"
-    assert run_cli("prepare", str(src), str(dst), "--max-short-side", "100", "--workers", "0") == 0
+    assert run_cli("prepare", "--data", str(src), "--out", str(dst), "--max-short-side", "100", "--workers", "0") == 0
     assert Image.open(dst / "train" / WNIDS[0] / "big.JPEG").size == (150, 100)
     assert Image.open(dst / "val" / "ILSVRC2012_val_00000001.JPEG").size == (100, 200)
     assert (dst / "train" / WNIDS[0] / "small.JPEG").read_bytes() == (src / "train" / WNIDS[0] / "small.JPEG").read_bytes()

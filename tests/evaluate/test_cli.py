@@ -33,7 +33,7 @@ def test_eval_prints_the_table_and_writes_json(run_dir, dataset, tmp_path, capsy
                "--scales", "single", "--scales", "multi", "--batch-size", "4", "--json", str(out),
                "--per-class", str(tmp_path / "cls.csv"), "--device", "cpu"])
     assert rc == 0
-    rows = json.loads(out.read_text())
+    rows = json.loads(out.read_text())["rows"]
     assert [(r["protocol"], r["scales"]) for r in rows] == [
         (p, s) for s in ([48], [32, 48, 64]) for p in ("center", "dense", "multicrop", "dense+multicrop")]
     assert all(r["images"] == 7 for r in rows)
@@ -45,10 +45,10 @@ def test_eval_prints_the_table_and_writes_json(run_dir, dataset, tmp_path, capsy
 def test_eval_fuses_two_checkpoints(run_dir, dataset, tmp_path):
     other = save_run(tmp_path / "other", tiny_net(5), data_cfg(dataset), CLASSES, NAMES)
     out = tmp_path / "rows.json"
-    assert main(["eval", "--checkpoint", str(run_dir), "--checkpoint", str(other / "best.pt"),
+    assert main(["eval", "--checkpoint", str(run_dir), "--checkpoint", str(other / "best.pt"), "--data", str(dataset),
                  "--protocol", "dense", "--scales", "48", "--json", str(out)]) == 0
-    (row,) = json.loads(out.read_text())
-    assert len(row["nets"]) == 2 and row["images"] == 7
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["nets"] == [str(run_dir), str(other / "best.pt")] and row["images"] == 7  # as given
 
 
 def test_predict_prints_top5_with_names(dataset, tmp_path, capsys):
@@ -78,12 +78,76 @@ def test_predict_prints_top5_with_names(dataset, tmp_path, capsys):
 
 
 def test_export_command_writes_all_files(run_dir, tmp_path):
-    prefix = tmp_path / "exp" / "tiny"
-    assert main(["export", "--checkpoint", str(run_dir), "--out", str(prefix)]) == 0
-    for suffix in (".classifier.onnx", ".dense.onnx", ".safetensors"):
-        assert (tmp_path / "exp" / f"tiny{suffix}").is_file()
+    out = tmp_path / "exp"
+    assert main(["export", "--checkpoint", str(run_dir), "--out", str(out)]) == 0
+    for name in ("classifier.onnx", "dense.onnx", "model.safetensors"):
+        assert (out / name).is_file()
     # The exported safetensors loads back as a checkpoint with its classes and preprocessing.
     from verydeep.evaluate import load_eval_net
 
-    net = load_eval_net(f"{prefix}.safetensors")
+    net = load_eval_net(out / "model.safetensors")
     assert net.classes == CLASSES and net.data.crop_size == 32 and net.class_names == NAMES
+
+
+def test_eval_json_has_a_header_and_rounded_figures(run_dir, dataset, tmp_path, capsys):
+    import hashlib
+
+    import torch as _torch
+
+    import verydeep
+
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(run_dir), "--data", str(dataset), "--protocol", "center,dense",
+                 "--scales", "single", "--scales", "32,64", "--json", str(out), "--device", "cpu"]) == 0
+    report = json.loads(out.read_text())
+    head = report["header"]
+    assert head["verydeep"] == verydeep.__version__ and _torch.__version__.startswith(head["torch"])
+    assert head["status"] == "complete" and head["date"][:2] == "20"
+    assert head["data"] == {"root": str(dataset.resolve()), "images": 7}
+    (ckpt,) = head["checkpoints"]
+    assert ckpt["given"] == str(run_dir) and ckpt["path"] == str((run_dir / "best.pt").resolve())
+    assert ckpt["sha256"] == hashlib.sha256((run_dir / "best.pt").read_bytes()).hexdigest()
+    assert head["preprocessing"][0]["normalize"] == "mean_std" and head["scales"] == ["single", "32,64"]
+    assert head["options"]["flip"] is True
+    for row in report["rows"]:
+        assert row["nets"] == [str(run_dir)]
+        assert row["top1_error"] == round(row["top1_error"], 3) and row["images_per_s"] == round(row["images_per_s"], 1)
+    # --json alone: the report on stdout instead of the table
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run_dir), "--data", str(dataset), "--protocol", "center",
+                 "--scales", "48", "--json", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"][0]["scales"] == [48]
+
+
+def test_eval_json_is_written_before_the_work_and_kept_when_it_fails(run_dir, dataset, tmp_path, monkeypatch):
+    import verydeep.evaluate as evaluate
+
+    out = tmp_path / "eval.json"
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("killed half-way")
+
+    monkeypatch.setattr(evaluate, "evaluate_rows", fails)
+    with pytest.raises(RuntimeError, match="half-way"):
+        main(["eval", "--checkpoint", str(run_dir), "--data", str(dataset), "--json", str(out), "--device", "cpu"])
+    report = json.loads(out.read_text())
+    assert report["header"]["status"] == "running" and report["rows"] == []
+    # an output path that cannot be written fails at once, before any evaluation
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    rc = main(["eval", "--checkpoint", str(run_dir), "--data", str(dataset), "--json", str(blocker / "x.json")])
+    assert rc == 2
+
+
+def test_eval_says_nothing_raw_about_large_images(run_dir, dataset, tmp_path, monkeypatch, capfd):
+    import warnings
+
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 40)  # the test images (36-63 px a side) now count as large
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["eval", "--checkpoint", str(run_dir), "--data", str(dataset), "--protocol", "dense",
+                     "--scales", "48", "--workers", "0", "--device", "cpu"]) == 0
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert "DecompressionBomb" not in capfd.readouterr().err

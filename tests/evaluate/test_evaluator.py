@@ -134,5 +134,5 @@ def test_undecodable_images_count_as_errors_and_are_reported(tmp_path):
     assert len(per_class) == 1 + 3 and per_class[1].startswith(CLASSES[0])
     import json
 
-    rows = json.loads(write_json(res.rows, tmp_path / "rows.json").read_text())
+    rows = json.loads(write_json(res.rows, tmp_path / "rows.json").read_text())["rows"]
     assert set(rows[0]) >= {"protocol", "scales", "top1_error", "top5_error", "images", "images_per_s"}

@@ -64,3 +64,14 @@ def test_safetensors_round_trip_keeps_classes_and_preprocessing(net, tmp_path):
 def test_bad_form_is_rejected(net, tmp_path):
     with pytest.raises(ValueError, match="classifier or dense"):
         export_onnx(net, tmp_path / "x.onnx", form="pyramid")
+
+
+def test_the_torchscript_exporter_says_it_is_deprecated(net, tmp_path):
+    """The old exporter stays available (older opsets) and its deprecation warning is not silenced."""
+    with pytest.warns(DeprecationWarning, match="TorchScript"):
+        path = export_onnx(net, tmp_path / "t.onnx", form="dense", exporter="torchscript")
+    x = torch.randn(1, 3, 96, 64)
+    np.testing.assert_allclose(_run(path, x), fully_convolutional(net.model).eval()(x).numpy(), rtol=1e-4, atol=1e-5)
+    assert onnx.load(str(path)).opset_import[0].version == 17
+    with pytest.raises(ValueError, match="opset >= 18"):
+        export_onnx(net, tmp_path / "d.onnx", opset=17)

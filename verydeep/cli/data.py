@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from verydeep.cli.vocabulary import (add_data, add_json, add_out, add_workers, data_or_positional, deprecated,
+                                     emit_json)
+from verydeep.errors import UsageError
+
+
+def _dataset(p: argparse.ArgumentParser, help: str) -> None:
+    add_data(p, help=help)
+    # The old spelling: the folder as a positional argument (kept, with a note).
+    p.add_argument("path", nargs="?", help=argparse.SUPPRESS)
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="inspect, check, prepare datasets; generate the demo data")
@@ -11,37 +21,41 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
     q = dsub.add_parser("info", help="find the splits of a dataset: layout, counts, classes")
-    q.add_argument("path", help="folder with train/ and val/ (ImageNet or any folder of classes)")
+    _dataset(q, "folder with train/ and val/ (ImageNet or any folder of classes)")
     q.add_argument("--val-labels", help="ground truth of a flat val/ (LOC_val_solution.csv or devkit txt)")
     q.add_argument("--val-synsets", help="devkit ILSVRC id -> wnid mapping")
     q.add_argument("--index-cache", help="folder of the cached file index")
     q.set_defaults(func=run_info)
 
     q = dsub.add_parser("check", help="decode every image; list unreadable, truncated and non-image files")
-    q.add_argument("path", help="dataset root (train/, val/) or any folder of images")
-    q.add_argument("--workers", type=int, default=2, help="decoding processes")
+    _dataset(q, "dataset root (train/, val/) or any folder of images")
+    add_workers(q, default=2, what="decoding")
     q.add_argument("--index-cache", help="folder of the cached file index")
     q.set_defaults(func=run_check)
 
     q = dsub.add_parser("stats", help="mean RGB and colour PCA of a sample of training images (JSON)")
-    q.add_argument("path", help="dataset root (uses train/) or a folder of class folders")
+    _dataset(q, "dataset root (uses train/) or a folder of class folders")
     q.add_argument("--images", type=int, default=10000, help="images to sample")
     q.add_argument("--short-side", type=int, default=64, help="shorter side images are reduced to first")
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--workers", type=int, default=2)
-    q.add_argument("--out", default="data_stats.json", help="JSON file (set data.stats_file to it)")
+    add_workers(q, default=2, what="decoding")
+    add_json(q, "the statistics (default: data_stats.json; then --set data.stats_file=PATH)")
+    q.add_argument("--out", help=argparse.SUPPRESS)  # the old spelling of --json PATH
     q.set_defaults(func=run_stats)
 
     q = dsub.add_parser("prepare", help="resized copy of a dataset (shorter side capped), same layout")
-    q.add_argument("src")
-    q.add_argument("dst")
+    add_data(q, help="the dataset to copy")
+    add_out(q, "the resized copy, in the same layout")
+    q.add_argument("src", nargs="?", help=argparse.SUPPRESS)  # old spelling: SRC DST positionals
+    q.add_argument("dst", nargs="?", help=argparse.SUPPRESS)
     q.add_argument("--max-short-side", type=int, default=512)
     q.add_argument("--quality", type=int, default=90, help="JPEG quality of resized images")
-    q.add_argument("--workers", type=int, default=2)
+    add_workers(q, default=2, what="decoding")
     q.set_defaults(func=run_prepare)
 
     q = dsub.add_parser("demo", help="generate the embedded demo dataset (ImageNet layout)")
-    q.add_argument("out")
+    add_out(q, "the demo dataset", default_text="data/demo")
+    q.add_argument("path", nargs="?", help=argparse.SUPPRESS)  # old spelling: the folder as a positional
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--train-per-class", type=int, default=240)
     q.add_argument("--val-per-class", type=int, default=60)
@@ -51,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_info(args) -> int:
     from verydeep.data import DataConfig, discover
 
-    splits = discover(DataConfig(root=args.path, val_labels=args.val_labels, val_synsets=args.val_synsets,
+    splits = discover(DataConfig(root=data_or_positional(args), val_labels=args.val_labels, val_synsets=args.val_synsets,
                                  index_cache=args.index_cache))
     print(f"classes: {len(splits.classes)} ({len(splits.class_names)} with names)")
     print(f"train:   {len(splits.train)} images in {splits.train_dir}")
@@ -72,7 +86,7 @@ def run_info(args) -> int:
 def run_check(args) -> int:
     from verydeep.data.check import check_path
 
-    result = check_path(args.path, workers=args.workers, index_cache=args.index_cache)
+    result = check_path(data_or_positional(args), workers=args.workers, index_cache=args.index_cache)
     if result["summary"]:
         print(result["summary"])
     for path, reason in result["bad"]:
@@ -87,23 +101,36 @@ def run_stats(args) -> int:
     from verydeep.data import DataConfig, discover
     from verydeep.data.stats import compute_stats, write_stats
 
-    root = Path(args.path)
+    root = Path(data_or_positional(args))
     cfg = DataConfig(root=str(root)) if (root / "train").is_dir() else DataConfig(train_dir=str(root))
     splits = discover(cfg)
     stats = compute_stats([p for p, _ in splits.train], num_images=args.images, seed=args.seed,
                           short_side=args.short_side, workers=args.workers)
-    write_stats(stats, args.out)
+    dest = args.json
+    if args.out:
+        deprecated(f"data stats --out {args.out}", f"--json {args.out}")
+        dest = dest or args.out
+    dest = dest or "data_stats.json"
+    if dest == "-":
+        emit_json(stats, "-")
+        return 0
+    write_stats(stats, dest)
     fmt = lambda v: "[" + ", ".join(f"{x:.4f}" for x in v) + "]"  # noqa: E731
     print(f"{stats['images']} images, {stats['pixels']} pixels ({stats['unreadable']} unreadable)")
     print(f"mean {fmt(stats['mean'])}  std {fmt(stats['std'])}  PCA eigenvalues {fmt(stats['pca_eigval'])}")
-    print(f"written to {args.out}; use it with --set data.stats_file={args.out}")
+    print(f"written to {dest}; use it with --set data.stats_file={dest}")
     return 0
 
 
 def run_prepare(args) -> int:
     from verydeep.data.prepare import prepare_dataset
 
-    r = prepare_dataset(args.src, args.dst, max_short_side=args.max_short_side, quality=args.quality,
+    src, dst = args.data or args.src, args.out or args.dst
+    if args.src or args.dst:
+        deprecated("data prepare SRC DST", f"data prepare --data {src} --out {dst}")
+    if not src or not dst:
+        raise UsageError("data prepare needs --data SRC and --out DST")
+    r = prepare_dataset(src, dst, max_short_side=args.max_short_side, quality=args.quality,
                         workers=args.workers)
     print(f"{r['files']} files: {r['resized']} resized, {r['copied']} copied, {r['skipped']} already done, "
           f"{r['bad']} unreadable (copied unchanged) -> {r['dst']}")
@@ -115,7 +142,9 @@ def run_prepare(args) -> int:
 def run_demo(args) -> int:
     from verydeep.data import make_demo_dataset
 
-    r = make_demo_dataset(args.out, seed=args.seed, train_per_class=args.train_per_class,
+    if args.path:
+        deprecated(f"data demo {args.path}", f"data demo --out {args.path}")
+    r = make_demo_dataset(args.out or args.path or "data/demo", seed=args.seed, train_per_class=args.train_per_class,
                           val_per_class=args.val_per_class)
     print(f"demo dataset in {r['root']}: {r['classes']} classes, {r['train']} train, {r['val']} val images")
     return 0

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import sys
 
+from verydeep.cli.vocabulary import (add_amp, add_batch_size, add_checkpoint, add_data, add_device, add_ema, add_json,
+                                     add_out, add_workers, deprecated, emit_json, positive_int)
+from verydeep.errors import UsageError
 
-def _scale_sets(values: list[str] | None) -> list[str | list[int]]:
-    """Each --scales value: "single", "multi" or a comma list of Q (checked by resolve_scales)."""
+
+def _scale_sets(values: list[str] | None) -> list[str | list[int] | list[list[int]]]:
+    """Each --scales value: "single", "multi" (each net's own, from its training S), a comma list
+    of Q for every net, or comma lists separated by "/", one per --checkpoint in order."""
     from verydeep.evaluate.scales import SCALE_SETS
 
     out: list[str | list[int]] = []
@@ -17,7 +22,8 @@ def _scale_sets(values: list[str] | None) -> list[str | list[int]]:
             out.append(v)
             continue
         try:
-            out.append([int(q) for q in v.split(",") if q.strip()])
+            per_net = [[int(q) for q in part.split(",") if q.strip()] for part in v.split("/")]
+            out.append(per_net if "/" in v else per_net[0])
         except ValueError:
             raise ValueError(f"--scales {v!r}: expected 'single', 'multi' or integers like 256,384,512") from None
     return out
@@ -37,113 +43,180 @@ def _options(args: argparse.Namespace, **batching):
 
 
 def _common(p: argparse.ArgumentParser, protocol_default: str) -> None:
-    p.add_argument("--checkpoint", action="append", required=True, metavar="RUN_OR_FILE",
-                   help="run directory (its best.pt), checkpoint, exported .safetensors or torchvision "
-                        "VGG state dict; repeat to fuse several nets (posteriors averaged)")
+    add_checkpoint(p, several=True)
+    add_ema(p)
     p.add_argument("--caffe-bgr", action="store_true",
                    help="weights converted from the authors' Caffe models (BGR, 0-255, mean pixel)")
     p.add_argument("--protocol", default=protocol_default,
                    help="center, dense, multicrop, dense+multicrop, a comma list, or all (default: %(default)s)")
     p.add_argument("--scales", action="append", metavar="Q[,Q...]",
                    help="test scales Q: a comma list (e.g. 256,384,512), 'single' or 'multi' (the paper's "
-                        "defaults from the training scale S); repeat for several rows")
+                        "defaults from each net's own training scale S), or one comma list per --checkpoint "
+                        "separated by '/' (e.g. 224,256,288/256,384,512); repeat for several rows")
     p.add_argument("--no-flip", dest="flip", action="store_false", help="do not average with mirrored images")
     p.add_argument("--dense-average", choices=("scores", "posteriors"), default="scores",
                    help="dense: average the score map then softmax (paper, default), or softmax per location")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    # verydeep.runtime.AMP_MODES, spelled out so that building the parser does not import torch.
-    p.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default="auto",
-                   help="autocast precision: auto (bf16 on CUDA, fp32 on CPU), none (fp32), bf16 or fp16")
+    add_device(p)
+    add_amp(p)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate nets with the paper's protocols (dense, multi-crop, scales, fusion)")
     _common(p, "dense")
-    p.add_argument("--data", help="dataset root (default: the one in the first checkpoint's recipe)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: %(default)s)")
+    add_data(p, help="dataset folder (required: a checkpoint supplies the net, its classes and preprocessing, "
+                     "never the data to read)")
+    add_batch_size(p, default=32, what="images per forward pass")
     p.add_argument("--crop-batch", type=int,
                    help="multi-crop: most crops per forward pass (default 4 x batch size, at least one image's)")
-    p.add_argument("--workers", type=int, help="data loading processes (default: the recipe's)")
-    p.add_argument("--limit", type=int, help="evaluate only the first N validation images")
-    p.add_argument("--json", metavar="PATH", help="write the rows as JSON")
+    add_workers(p, default_text="the checkpoint's recipe's")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="evaluate only the first N validation images")
+    add_json(p, "the table (with a header: versions, data, checkpoints and their SHA-256, preprocessing), "
+                "rewritten as rows complete,")
     p.add_argument("--per-image", metavar="CSV", help="write per-image predictions")
     p.add_argument("--per-class", metavar="CSV", help="write per-class top-1/top-5 accuracy")
+    p.add_argument("--save-posteriors", metavar="FILE",
+                   help="write every row's full per-image posteriors (safetensors) for `verydeep fuse`")
     p.set_defaults(func=run_eval)
 
     p = sub.add_parser("predict", help="top-5 classes of images (dense evaluation by default)")
     _common(p, "dense")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--json", nargs="?", const="-", metavar="PATH", help="JSON output (stdout if no PATH)")
+    p.add_argument("--topk", type=positive_int, default=5, metavar="K", help="classes to list (default: %(default)s)")
+    add_json(p, "the predictions")
     p.set_defaults(func=run_predict)
 
     p = sub.add_parser("export", help="export a net to ONNX (classifier and dense forms) and safetensors")
-    p.add_argument("--checkpoint", required=True, metavar="RUN_OR_FILE")
-    p.add_argument("--caffe-bgr", action="store_true")
-    p.add_argument("--out", required=True, metavar="PREFIX",
-                   help="output prefix: PREFIX.classifier.onnx, PREFIX.dense.onnx, PREFIX.safetensors")
-    p.add_argument("--format", default="onnx,safetensors", help="onnx, safetensors or both (default: %(default)s)")
+    add_checkpoint(p)
+    add_ema(p)
+    p.add_argument("--caffe-bgr", action="store_true",
+                   help="weights converted from the authors' Caffe models (BGR, 0-255, mean pixel)")
+    add_out(p, "classifier.onnx, dense.onnx and model.safetensors", required=True)
+    p.add_argument("--format", default="onnx,safetensors",
+                   help="onnx, safetensors or both (default: %(default)s); onnx needs the onnx extra: "
+                        "pip install 'verydeep[onnx]'")
     p.add_argument("--form", default="classifier,dense", help="ONNX forms: classifier, dense or both")
-    p.add_argument("--image-size", type=int, help="example input side for tracing (default from the net)")
-    p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--dynamo", action="store_true", help="use the torch.export-based ONNX exporter")
+    p.add_argument("--image-size", type=positive_int, help="example input side for export (default from the net)")
+    p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
+                   help="dynamo: torch.export-based, PyTorch's default (opset >= 18); torchscript: the deprecated "
+                        "tracing exporter (default: %(default)s)")
+    p.add_argument("--opset", type=positive_int, help="ONNX opset (default: 18 with dynamo, 17 with torchscript)")
+    p.add_argument("--dynamo", action="store_true", help=argparse.SUPPRESS)  # deprecated: now the default
     p.set_defaults(func=run_export)
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from verydeep.data import discover
-    from verydeep.evaluate import RowSpec, evaluate_rows, load_eval_net, resolve_scales
-    from verydeep.evaluate.report import format_table, write_json, write_per_class, write_per_image
+    from verydeep.evaluate import RowSpec, evaluate_rows, load_eval_net
+    from verydeep.evaluate.report import format_table, write_per_class, write_per_image, write_report
     from verydeep.parallel.distributed import init_distributed, shutdown
     from verydeep.runtime import build_runtime
 
     dist = init_distributed(args.device)
+    if not dist.is_main:  # one log under torchrun, as in training: the other ranks say only what goes wrong
+        logging.getLogger("verydeep").setLevel(logging.WARNING)
     runtime = build_runtime(dist.device, args.amp)
-    nets = [load_eval_net(c, caffe_bgr=args.caffe_bgr) for c in args.checkpoint]
-    data_cfg = nets[0].data
-    changes = {k: v for k, v in (("root", args.data), ("workers", args.workers)) if v is not None}
-    if changes:
-        data_cfg = dataclasses.replace(data_cfg, **changes)
-    splits = discover(data_cfg)
+    nets = [load_eval_net(c, caffe_bgr=args.caffe_bgr, ema=args.ema) for c in args.checkpoint]
+    data_cfg = _eval_data(args, nets[0])
+    splits = discover(data_cfg, classes=nets[0].classes)  # a val/-only folder: numbered as the net's classes
     samples = splits.val[: args.limit] if args.limit else splits.val
-    rows = [RowSpec(p, tuple(resolve_scales(nets[0].data, s)))
+    rows = [RowSpec.for_nets(p, [net.data for net in nets], s)
             for s in _scale_sets(args.scales) for p in _protocols(args.protocol)]
-    options = _options(args, batch_size=args.batch_size, crop_batch=args.crop_batch)
+    # --batch-size is global, as everywhere: each of the W processes takes its share.
+    options = _options(args, batch_size=max(1, args.batch_size // dist.world_size), crop_batch=args.crop_batch)
+    report = _report_writer(args, nets, data_cfg, samples, options) if dist.is_main else None
+    done: dict[int, dict] = {}  # rows finished so far, by their place in the table
+
+    def partial(index: int, row_result) -> None:
+        done[index] = row_result.row
+        if report is not None and len(done) < len(rows):
+            report([done[i] for i in sorted(done)], complete=False)
+
     result = evaluate_rows(nets, data_cfg, samples, rows, classes=splits.classes, options=options,
-                           runtime=runtime)
+                           runtime=runtime, keep_posteriors=bool(args.save_posteriors), on_row=partial)
     if dist.is_main:
         title = f"{len(samples)} images of {data_cfg.root}" + (f", {len(nets)} nets fused" if len(nets) > 1 else "")
-        print(format_table(result.rows, title=title))
+        if args.json != "-":  # --json alone: the JSON replaces the table on stdout
+            print(format_table(result.rows, title=title))
         for i, path in result.bad[:20]:
             print(f"undecodable (counted as error): {path}", file=sys.stderr)
-        for path, write in ((args.json, lambda p: write_json(result.rows, p)),
-                            (args.per_image, lambda p: write_per_image(result, p)),
+        report(result.rows, complete=True)
+        said = sys.stderr if args.json == "-" else sys.stdout  # stdout holds only the JSON then
+        for path, write in ((args.per_image, lambda p: write_per_image(result, p)),
                             (args.per_class, lambda p: write_per_class(result, p))):
             if path:
-                print(f"wrote {write(path)}")
+                print(f"wrote {write(path)}", file=said)
+        if args.save_posteriors:
+            from verydeep.evaluate.posteriors_file import save_posteriors
+
+            print(f"wrote {save_posteriors(result, args.save_posteriors)}", file=said)
     shutdown()
     return 0
+
+
+def _report_writer(args: argparse.Namespace, nets, data_cfg, samples, options):
+    """A function ``(rows, complete)`` that (re)writes the JSON report of ``--json``.
+
+    The report is written once before any work, marked running: a path that cannot be
+    written fails in the first second, not after hours of evaluation. It is rewritten as
+    rows finish (still running) and when all have (complete)."""
+    from verydeep.evaluate.report import report_header, report_row, write_report
+
+    header = report_header(nets, args.checkpoint, data_root=data_cfg.root, images=len(samples),
+                           scales=list(args.scales or ["single", "multi"]), options=options, ema=args.ema)
+
+    def write(rows: list[dict], complete: bool) -> None:
+        if not args.json:
+            return
+        if args.json == "-":  # stdout: one document, at the end
+            if complete:
+                emit_json({"header": {**header, "status": "complete"},
+                           "rows": [report_row(r, args.checkpoint) for r in rows]}, "-")
+            return
+        path = write_report(args.json, header, rows, complete=complete, given=args.checkpoint)
+        if complete:
+            print(f"wrote {path}")
+
+    try:
+        write([], complete=False)
+    except OSError as e:  # the path given on the command line: say so, before any work
+        raise UsageError(f"--json {args.json}: cannot write it: {e.strerror or e}") from None
+    return write
+
+
+def _eval_data(args: argparse.Namespace, net):
+    """The dataset to evaluate: ``--data`` (and ``--workers``) with the net's preprocessing.
+    Paths come from the command line and the local defaults only (issue 14: a checkpoint's
+    stored ``data.root``, ``val_dir`` or ``index_cache`` would steer what is read and written)."""
+    import dataclasses
+    import os
+    from pathlib import Path
+
+    from verydeep.data.errors import DataError
+    from verydeep.errors import UsageError
+
+    if not args.data:
+        raise UsageError("eval needs the dataset to evaluate on: --data DIR (a folder with val/, or ImageNet's "
+                         "layouts); a checkpoint never chooses the data")
+    if not Path(args.data).is_dir():
+        raise DataError(f"--data {args.data}: not a folder (from {os.getcwd()}); give the dataset folder with "
+                        f"--data DIR")
+    changes = {"root": args.data, **({"workers": args.workers} if args.workers is not None else {})}
+    return dataclasses.replace(net.data, **changes)
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from verydeep.evaluate import load_eval_net, predict
 
-    nets = [load_eval_net(c, caffe_bgr=args.caffe_bgr) for c in args.checkpoint]
+    nets = [load_eval_net(c, caffe_bgr=args.caffe_bgr, ema=args.ema) for c in args.checkpoint]
     scale_sets, protos = _scale_sets(args.scales or ["single"]), _protocols(args.protocol)
     if len(scale_sets) != 1 or len(protos) != 1:
         raise ValueError("predict takes one --protocol and one --scales value")
     results = predict(nets, args.images, protocol=protos[0], scales=scale_sets[0], topk=args.topk,
                       options=_options(args))
     if args.json:
-        text = json.dumps(results, indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            with open(args.json, "w") as f:
-                f.write(text + "\n")
-            print(f"wrote {args.json}")
+        path = emit_json(results, args.json)
+        if path:
+            print(f"wrote {path}")
         return 0 if all("error" not in r for r in results) else 1
     for r in results:
         if "error" in r:
@@ -156,8 +229,10 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from verydeep.evaluate import load_eval_net
-    from verydeep.evaluate.export import FORMS, export_onnx, export_safetensors
+    from verydeep.evaluate.export import FORMS, check_onnx_available, export_onnx, export_safetensors
 
     formats = [f.strip() for f in args.format.split(",")]
     forms = [f.strip() for f in args.form.split(",")]
@@ -167,12 +242,17 @@ def run_export(args: argparse.Namespace) -> int:
     for f in forms:
         if f not in FORMS:
             raise ValueError(f"--form {f!r}: choose {' or '.join(FORMS)}")
-    net = load_eval_net(args.checkpoint, caffe_bgr=args.caffe_bgr)
+    if args.dynamo:
+        deprecated("--dynamo", "nothing: the torch.export-based exporter is the default (--exporter dynamo)")
+    if "onnx" in formats:
+        check_onnx_available(args.exporter)  # before loading the net: say which extra is missing at once
+    net = load_eval_net(args.checkpoint, caffe_bgr=args.caffe_bgr, ema=args.ema)
+    out = Path(args.out)
     if "onnx" in formats:
         for form in forms:
-            path = export_onnx(net, f"{args.out}.{form}.onnx", form=form, image_size=args.image_size,
-                               opset=args.opset, dynamo=args.dynamo)
+            path = export_onnx(net, out / f"{form}.onnx", form=form, image_size=args.image_size,
+                               opset=args.opset, exporter=args.exporter)
             print(f"wrote {path}")
     if "safetensors" in formats:
-        print(f"wrote {export_safetensors(net, f'{args.out}.safetensors')}")
+        print(f"wrote {export_safetensors(net, out / 'model.safetensors')}")
     return 0

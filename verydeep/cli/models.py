@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from verydeep.cli.vocabulary import add_model
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the VGG configurations or summarise one")
     p.add_argument("name", nargs="?", help="registry name or paper letter (e.g. vgg16, D, vgg19_bn)")
+    add_model(p, help="the same as NAME (the flag every command takes)")
     p.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--image-size", type=int, default=224, help="input size for the summary")
@@ -21,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
     from verydeep.models import count_parameters, create_model, list_models, resolve
     from verydeep.models.complexity import forward_macs
 
-    names = [args.name] if args.name else list_models()
+    name = args.model or args.name
+    names = [name] if name else list_models()
     print(f"{'name':<14}{'config':<8}{'bn':<5}{'params':>14}{'GMACs':>9}  output")
     for name in names:
         config, bn = resolve(name)

@@ -18,7 +18,9 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 TRAIN_TRANSFORMS = ("scale_jitter", "random_resized_crop")
+AUTO_AUGMENTS = ("randaugment", "trivialaugment")
 NORMALIZATIONS = ("caffe", "mean_rgb", "mean_std")
+DECODERS = ("cpu", "gpu")  # data.decode
 TRAINING_SET_STATS = "train"  # data.stats_file value: the training set's own statistics, computed once
 
 
@@ -63,17 +65,32 @@ class DataConfig:
     rrc_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random_resized_crop area
     rrc_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # and aspect range
 
+    # --- modern augmentations (verydeep.data.augment: torchvision.transforms.v2; not the paper's) --
+    auto_augment: str | None = None  # randaugment | trivialaugment (TrivialAugmentWide); None: off
+    randaugment_ops: int = 2  # RandAugment's N
+    randaugment_magnitude: int = 9  # RandAugment's M (of 31 bins)
+    random_erasing: float = 0.0  # probability of erasing a rectangle of each crop (reference: 0.25)
+    # MixUp / CutMix on every batch (soft labels); both > 0: one of the two per batch, drawn.
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing weight; 0: off (reference: 0.2)
+    cutmix_alpha: float = 0.0  # 0: off (reference: 1.0)
+
     # --- evaluation transform ---------------------------------------------------------------
     eval_scale: int = 256  # test scale Q (shorter side)
     eval_crop: int = 224  # centre crop for single-crop validation
 
     # --- loading -----------------------------------------------------------------------------
-    workers: int = 4  # loader worker processes per training process; 0: in-process
+    # loader worker processes per training process; 0: in-process; None: the cores available to
+    # each training process, less one for the process itself (verydeep.data.loaders.loader_workers)
+    workers: int | None = None
     prefetch_factor: int = 2  # batches each worker keeps ready
     pin_memory: bool = True  # page-locked batches when training on CUDA
     persistent_workers: bool = True  # keep workers alive across epochs
     max_bad_retries: int = 10  # replacement draws for an unreadable training image
     draft: bool = True  # let the JPEG decoder downscale by 2/4/8 when the target scale allows
+    # Where training JPEGs are decoded: cpu (Pillow, in the loader workers) or gpu (nvJPEG in
+    # the training process, workers read bytes and draw the crops: verydeep.data.gpu_decode).
+    # gpu falls back to cpu, saying why, where torchvision cannot decode on the device.
+    decode: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.train_transform not in TRAIN_TRANSFORMS:
@@ -100,5 +117,15 @@ class DataConfig:
             raise ValueError(f"rrc_scale must be [min, max] within (0, 1], got {self.rrc_scale!r}")
         if len(self.rrc_ratio) != 2 or not 0 < self.rrc_ratio[0] <= self.rrc_ratio[1]:
             raise ValueError(f"rrc_ratio must be [min, max] > 0, got {self.rrc_ratio!r}")
-        if self.workers < 0 or self.prefetch_factor < 1 or self.max_bad_retries < 0:
+        if self.auto_augment is not None and self.auto_augment not in AUTO_AUGMENTS:
+            raise ValueError(f"auto_augment={self.auto_augment!r}; expected one of {', '.join(AUTO_AUGMENTS)} or null")
+        if not 0 <= self.random_erasing <= 1:
+            raise ValueError(f"random_erasing={self.random_erasing} must be a probability in [0, 1]")
+        if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
+            raise ValueError("mixup_alpha and cutmix_alpha must be >= 0 (0: off)")
+        if self.randaugment_ops < 1 or not 0 <= self.randaugment_magnitude <= 30:
+            raise ValueError("randaugment_ops must be >= 1 and randaugment_magnitude in [0, 30]")
+        if self.decode not in DECODERS:
+            raise ValueError(f"decode={self.decode!r}; expected one of {', '.join(DECODERS)}")
+        if (self.workers is not None and self.workers < 0) or self.prefetch_factor < 1 or self.max_bad_retries < 0:
             raise ValueError("workers and max_bad_retries must be >= 0 and prefetch_factor >= 1")

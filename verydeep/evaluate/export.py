@@ -10,23 +10,41 @@ Both take images preprocessed as for training (``preprocessing`` in the metadata
 [0, 1], then the recorded mean/std); the class ids, names and preprocessing are stored in the
 ONNX file's metadata (key ``verydeep``) and in the safetensors header.
 
-The default exporter is TorchScript tracing: for this graph of convs, pools and matmuls it is
-exact and fast, and ``dynamic_axes`` give the free height/width. ``dynamo=True`` uses the
-torch.export-based exporter instead (slower to run, the one PyTorch is moving to).
+The exporter is torch.export's (``exporter="dynamo"``, PyTorch's default since 2.9; opset >=
+18, needs ``onnxscript``): dynamic batch, and dynamic height and width for the dense form, as
+``torch.export.Dim``s. ``exporter="torchscript"`` is the deprecated tracing exporter, kept for
+runtimes that need an older opset; its deprecation warning is shown, never silenced, since it
+says when the option will stop working. ONNX export needs the ``onnx`` extra
+(``pip install 'verydeep[onnx]'``); safetensors needs nothing more.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import warnings
 from pathlib import Path
 
 import torch
 
+from verydeep.errors import UsageError
 from verydeep.evaluate.checkpoints import EvalNet, as_eval_nets
 from verydeep.models import fully_convolutional, save_weights
 
 FORMS = ("classifier", "dense")
+EXPORTERS = ("dynamo", "torchscript")
+DEFAULT_OPSET = {"dynamo": 18, "torchscript": 17}
+ONNX_EXTRA = "pip install 'verydeep[onnx]'"
+
+
+def check_onnx_available(exporter: str = "dynamo") -> None:
+    """Raise a one-line error naming the extra to install when the ONNX packages are missing."""
+    if exporter not in EXPORTERS:
+        raise UsageError(f"unknown ONNX exporter {exporter!r}; choose {' or '.join(EXPORTERS)}")
+    needed = ("onnx", "onnxscript") if exporter == "dynamo" else ("onnx",)
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageError(f"ONNX export needs {' and '.join(missing)}, which are not installed: {ONNX_EXTRA} "
+                         "(or export only --format safetensors)")
 
 
 def export_metadata(net: EvalNet) -> dict:
@@ -35,12 +53,18 @@ def export_metadata(net: EvalNet) -> dict:
 
 
 def export_onnx(net, path: str | Path, *, form: str = "classifier", image_size: int | None = None,
-                opset: int = 17, dynamo: bool = False) -> Path:
-    """Write ``net`` (an EvalNet, VGG or checkpoint path) as ONNX in the given form."""
-    import onnx
-
+                opset: int | None = None, exporter: str = "dynamo") -> Path:
+    """Write ``net`` (an EvalNet, VGG or checkpoint path) as ONNX in the given form, with
+    ``exporter`` (see the module docstring) at ``opset`` (default: the exporter's, 18 or 17)."""
     if form not in FORMS:
         raise ValueError(f"unknown export form {form!r}; choose {' or '.join(FORMS)}")
+    check_onnx_available(exporter)
+    import onnx
+
+    opset = DEFAULT_OPSET[exporter] if opset is None else opset
+    if exporter == "dynamo" and opset < DEFAULT_OPSET["dynamo"]:
+        raise UsageError(f"the dynamo exporter writes opset >= 18 (asked for {opset}); "
+                         "use --exporter torchscript for an older opset")
     (net,) = as_eval_nets(net)
     model = net.model.cpu().float().eval()
     spec = model.spec
@@ -55,15 +79,14 @@ def export_onnx(net, path: str | Path, *, form: str = "classifier", image_size: 
         dyn_axes = {"images": {0: "batch", 2: "height", 3: "width"},
                     out_name: {0: "batch", 2: "score_height", 3: "score_width"}}
     example = torch.zeros(2, 3, size, size)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer and deprecation chatter; the graph is static
-        if dynamo:
+    with torch.no_grad():
+        if exporter == "dynamo":
             dims = {0: torch.export.Dim("batch")}
             if form == "dense":
                 m = 32 * spec.head_size
                 dims.update({2: torch.export.Dim("height", min=m), 3: torch.export.Dim("width", min=m)})
             program = torch.onnx.export(module, (example,), input_names=["images"], output_names=[out_name],
-                                        dynamic_shapes=(dims,), dynamo=True, opset_version=max(opset, 18))
+                                        dynamic_shapes=(dims,), dynamo=True, opset_version=opset, verbose=False)
             program.save(str(path))
         else:
             torch.onnx.export(module, (example,), str(path), input_names=["images"], output_names=[out_name],

@@ -28,6 +28,8 @@ def predict(nets, images: Sequence[str | Path], *, protocol: str = "dense",
     dense average, multi-crop batching, and the device/AMP of the runtime built when
     ``runtime`` is not given.
     """
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
     options = options or EvalOptions()
     nets = as_eval_nets(nets)
     methods = protocols.methods_of(protocol)
@@ -39,7 +41,7 @@ def predict(nets, images: Sequence[str | Path], *, protocol: str = "dense",
     out = []
     for path in images:
         try:
-            img = load_image(path)
+            img = load_image(path, exif_orientation=True)  # a user's photo: upright as its camera tagged it
         except (BadImageError, OSError) as e:
             out.append({"path": str(path), "error": str(e)})
             continue

@@ -1,10 +1,20 @@
-"""The paper-style results table, JSON rows, per-image predictions and per-class accuracy."""
+"""The paper-style results table, the JSON report, per-image predictions and per-class accuracy.
+
+The JSON report (``eval --json``, the demo's ``eval.json``) is ``{"header": ..., "rows": [...]}``:
+the header says what was evaluated and with what (package versions, date, data, each
+checkpoint as given with its path and SHA-256, preprocessing, scales, options) and whether
+the evaluation is complete; rows carry rounded figures (errors to 0.001 percentage points,
+speeds to 0.1 image/s), so the file reads like the table and diffs cleanly.
+"""
 
 from __future__ import annotations
 
 import csv
+import datetime
+import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 from verydeep.topk import per_class_accuracy
@@ -29,11 +39,71 @@ def format_table(rows: list[dict], title: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def write_json(rows: list[dict], path: str | Path) -> Path:
+# Decimal places kept in the JSON report, per row field.
+ROUNDING = {"top1_error": 3, "top5_error": 3, "images_per_s": 1}
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def report_header(nets, given: list[str], *, data_root, images: int, scales: list, options=None,
+                  ema: bool = False) -> dict:
+    """What an evaluation ran on: versions, date, data, checkpoints (as given, resolved path,
+    SHA-256), each net's preprocessing, the test scales (as given and as Q) and the options."""
+    import torch
+
+    from verydeep import __version__
+
+    header = {
+        "verydeep": __version__,
+        "torch": torch.__version__.split("+")[0],
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "data": {"root": os.path.abspath(data_root) if data_root else None, "images": images},
+        "checkpoints": [{"given": str(g), "path": os.path.abspath(n.source),
+                         "sha256": file_sha256(n.source) if os.path.isfile(n.source) else None,
+                         "weights": "ema" if ema else "model"} for g, n in zip(given, nets)],
+        "preprocessing": [n.preprocessing() for n in nets],
+        "scales": scales,
+    }
+    if options is not None:
+        header["options"] = {"flip": options.flip, "dense_average": options.dense_average,
+                             "device": str(options.device), "amp": options.amp}
+    return header
+
+
+def report_row(row: dict, given: list[str] | None = None) -> dict:
+    """A table row for the JSON report: figures rounded, ``nets`` as the user gave them."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, float):
+            value = None if math.isnan(value) else round(value, ROUNDING.get(key, 6))
+        out[key] = value
+    if given is not None:
+        out["nets"] = [str(g) for g in given]
+    return out
+
+
+def write_report(path: str | Path, header: dict, rows: list[dict], *, complete: bool = True,
+                 given: list[str] | None = None) -> Path:
+    """Write (or rewrite, atomically) the JSON report; ``complete=False`` while rows are still to come."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=2) + "\n")
+    report = {"header": {**header, "status": "complete" if complete else "running"},
+              "rows": [report_row(r, given) for r in rows]}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, path)  # a reader (or a crash) never sees half a file
     return path
+
+
+def write_json(rows: list[dict], path: str | Path, header: dict | None = None) -> Path:
+    """The JSON report of finished ``rows`` (see the module docstring)."""
+    return write_report(path, header or {}, rows)
 
 
 def _class_id(result, idx: int) -> str:

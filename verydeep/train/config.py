@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("plateau", "step", "multistep", "cosine", "constant")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")  # what verydeep.runtime.resolve_device takes
 
 
 @dataclass
@@ -65,7 +67,7 @@ class TrainConfig:
     batch_size: int = 256  # GLOBAL batch, split over processes and accumulation steps
     micro_batch_size: int | None = None  # per-process forward batch; None: batch_size / world
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | none | bf16 | fp16
     channels_last: bool | None = None  # None: on CUDA only
     compile: bool = False  # torch.compile the model
@@ -75,7 +77,15 @@ class TrainConfig:
     val_batch_size: int | None = None  # None: same as the per-process batch
     log_every: int = 10  # steps between metrics.jsonl train records
     nonfinite: str = "stop"  # stop | skip: what a NaN/inf loss does
+    # Under skip: the run fails (exit code 5, diverged) when more than this share of its steps
+    # were skipped; judged at its end, and from 100 steps on at every log line.
+    max_skipped_share: float = 0.1
     label_smoothing: float = 0.0
+    # Model EMA (timm's and torchvision's): an exponential moving average of the weights and
+    # batch-norm statistics, updated after every optimiser step, validated and checkpointed
+    # (key ``ema``) alongside the weights; ``verydeep eval --ema`` evaluates it. None: off.
+    # Typical: 0.999 to 0.9999 (the average spans about 1 / (1 - decay) steps).
+    ema_decay: float | None = None
     tensorboard: bool = True
     plot: bool = True
 
@@ -84,5 +94,11 @@ class TrainConfig:
             raise ValueError(f"amp: unknown mode {self.amp!r}; known: {', '.join(AMP_MODES)}")
         if self.nonfinite not in ("stop", "skip"):
             raise ValueError(f"nonfinite must be stop or skip, got {self.nonfinite!r}")
+        if not 0 <= self.max_skipped_share <= 1:
+            raise ValueError(f"max_skipped_share must be in [0, 1], got {self.max_skipped_share}")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be >= 1")
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1) (or null: no EMA), got {self.ema_decay}")

@@ -3,6 +3,8 @@ top-1/top-5 error in percent. Unreadable images count as errors, and are reporte
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -15,7 +17,9 @@ from verydeep.topk import topk_hits
 
 @torch.no_grad()
 def validate(strategy: ParallelStrategy, cfg: Config, splits: Splits, *, per_process_batch: int,
-             runtime: Runtime) -> dict:
+             runtime: Runtime, logits_fn: Callable[..., torch.Tensor] | None = None) -> dict:
+    """Loss and errors of the strategy's net, or of ``logits_fn`` (e.g. the weights' moving
+    average, ``ModelEMA.logits``: the same signature as ``strategy.eval_logits``)."""
     device = runtime.device
     was_training = strategy.local_module.training
     strategy.eval()
@@ -35,7 +39,7 @@ def validate(strategy: ParallelStrategy, cfg: Config, splits: Splits, *, per_pro
         sums[4] += len(bad)
         images = runtime.prepare_input(images)
         labels = labels.to(device, non_blocking=True)
-        logits = strategy.eval_logits(images, amp_dtype=runtime.amp_dtype)
+        logits = (logits_fn or strategy.eval_logits)(images, amp_dtype=runtime.amp_dtype)
         if images.shape[0] == 0:
             continue
         sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()

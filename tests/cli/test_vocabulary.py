@@ -1,0 +1,152 @@
+"""One flag per concept, one meaning in every command (verydeep.cli.vocabulary, README's table)."""
+
+import argparse
+import json
+
+import pytest
+
+from verydeep.cli.main import build_parser, main
+from verydeep.cli.vocabulary import TRAINING_SHORTHANDS, training_overrides
+from verydeep.config import load_config
+
+
+def all_parsers():
+    """(command path, parser) of every command and sub-command."""
+    out, todo = [], [("verydeep", build_parser())]
+    while todo:
+        name, parser = todo.pop()
+        out.append((name, parser))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo += [(f"{name} {sub}", p) for sub, p in action.choices.items()]
+    return out
+
+
+def options(parser):
+    return {opt: action for action in parser._actions for opt in action.option_strings}
+
+
+def test_every_concept_has_one_spelling_and_one_meaning():
+    seen: dict[str, set] = {}
+    for name, parser in all_parsers():
+        opts = options(parser)
+        for flag in ("--data", "--out", "--json", "--checkpoint", "--device", "--amp", "--batch-size",
+                     "--workers", "--model"):
+            if flag in opts and opts[flag].help != argparse.SUPPRESS:
+                seen.setdefault(flag, set()).add(name)
+        if "--json" in opts:  # a path, or stdout when given alone: everywhere
+            assert opts["--json"].nargs == "?" and opts["--json"].const == "-", name
+        if "--out" in opts and opts["--out"].help != argparse.SUPPRESS:
+            assert opts["--out"].metavar == "DIR" and "folder" in opts["--out"].help, name
+        if "--batch-size" in opts:
+            assert "-b" in opts and "GLOBAL" in opts["--batch-size"].help, name
+        if "--device" in opts:
+            assert "cuda:N" in opts["--device"].help, name
+        if "--checkpoint" in opts:
+            assert "run folder" in opts["--checkpoint"].help, name
+        for legacy in ("--val-dir", "--run", "--output", "--json-out"):
+            assert legacy not in opts, (name, legacy)
+    assert {"verydeep train", "verydeep demo", "verydeep eval", "verydeep data info", "verydeep data check",
+            "verydeep data stats", "verydeep data prepare"} <= seen["--data"]
+    assert {"verydeep train", "verydeep demo", "verydeep eval", "verydeep predict",
+            "verydeep bench train"} <= seen["--device"]
+    assert {"verydeep eval", "verydeep predict", "verydeep export"} <= seen["--checkpoint"]
+    assert {"verydeep eval", "verydeep predict", "verydeep data stats", "verydeep bench eval"} <= seen["--json"]
+
+
+def test_every_help_builds(capsys):
+    for name, _ in all_parsers():
+        with pytest.raises(SystemExit) as e:
+            main([*name.split()[1:], "--help"])
+        assert e.value.code == 0, name
+    assert "GLOBAL" in capsys.readouterr().out
+
+
+def test_training_shorthands_are_the_recipe_keys(tmp_path):
+    args = build_parser().parse_args([
+        "train", "--config", "demo", "--model", "vgg13_bn", "-b", "64", "--lr", "0.05", "--epochs", "3",
+        "--workers", "0", "--device", "cuda:1", "--amp", "bf16", "--data", str(tmp_path / "1e3"),
+        "--set", "optim.lr=0.02"])
+    cfg = load_config(args.config, training_overrides(args))
+    assert cfg.model.name == "vgg13_bn" and cfg.train.batch_size == 64 and cfg.train.epochs == 3
+    assert cfg.data.workers == 0 and cfg.train.device == "cuda:1" and cfg.train.amp == "bf16"
+    assert cfg.data.root == str(tmp_path / "1e3")  # a path stays a string, whatever it looks like
+    assert cfg.optim.lr == 0.02  # an explicit --set wins over the shorthand
+    assert cfg.recipe == "demo"
+    assert set(TRAINING_SHORTHANDS.values()) <= {f"{s}.{k}" for s, v in json.loads(json.dumps(
+        {"model": vars(cfg.model), "data": vars(cfg.data), "train": vars(cfg.train), "optim": vars(cfg.optim)},
+        default=str)).items() for k in v}
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "--checkpoint", "x", "--limit", "-2"],
+    ["eval", "--checkpoint", "x", "--limit", "0"],
+    ["predict", "--checkpoint", "x", "--topk", "-1", "a.jpg"],
+    ["train", "--config", "demo", "-b", "0"],
+    ["train", "--config", "demo", "--lr", "-0.1"],
+    ["train", "--config", "demo", "--amp", "fp8"],
+])
+def test_bad_values_are_usage_errors_without_a_traceback(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "usage:" in err and "Traceback" not in err
+
+
+def test_a_bad_device_is_named(tmp_path, capsys):
+    rc = main(["train", "--config", "demo", "--device", "tpu", "--data", str(tmp_path), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "train: device" in err and "cuda:N" in err and "tpu" in err
+
+
+def test_old_spellings_still_work_with_a_note(tmp_path, capsys):
+    from tests.data.conftest import WNIDS, write_class_folders
+
+    root = tmp_path / "ds"
+    write_class_folders(root / "train", WNIDS, per_class=2)
+    assert main(["data", "info", str(root), "--index-cache", str(tmp_path / "cache")]) == 0
+    captured = capsys.readouterr()
+    assert "train:   6 images" in captured.out and "use --data" in captured.err
+    assert main(["data", "info", "--data", str(root), "--index-cache", str(tmp_path / "cache")]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    out = tmp_path / "stats.json"
+    assert main(["data", "stats", str(root), "--images", "2", "--workers", "0", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["images"] == 2 and "--json" in capsys.readouterr().err
+    assert main(["data", "stats", "--data", str(root), "--images", "2", "--workers", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 2  # --json alone: stdout
+
+
+def test_export_without_onnx_names_the_extra(monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.startswith("onnx") else real(name, *a))
+    rc = main(["export", "--checkpoint", str(tmp_path / "no-such-run"), "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pip install 'verydeep[onnx]'" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_run_folder_stands_for_its_best_checkpoint_everywhere(tmp_path):
+    """--checkpoint, model.init_from and model.weights: one rule (verydeep.models.weights.weights_file)."""
+    import torch
+
+    from verydeep.models import create_model, save_weights
+    from verydeep.models.config import ModelConfig
+    from verydeep.models.from_config import model_from_config
+    from verydeep.models.weights import weights_file
+
+    run = tmp_path / "runs" / "A"
+    run.mkdir(parents=True)
+    torch.manual_seed(0)
+    a = create_model("A", num_classes=3, width=1 / 16, head_size=1, fc_features=16)
+    save_weights(a, run / "last.pt")
+    assert weights_file(run) == run / "last.pt"  # before the first validation
+    save_weights(a, run / "best.pt")
+    assert weights_file(run) == run / "best.pt" and weights_file(run / "last.pt") == run / "last.pt"
+    same = model_from_config(ModelConfig(name="A", width=1 / 16, fc_features=16, weights=str(run)), 3, 32)
+    torch.testing.assert_close(same.state_dict(), a.state_dict())
+    deeper = model_from_config(ModelConfig(name="B", width=1 / 16, fc_features=16, init_from=str(run)), 3, 32)
+    torch.testing.assert_close(deeper.features[0].weight, a.features[0].weight)
+    with pytest.raises(FileNotFoundError, match="holds no best.pt or last.pt"):
+        weights_file(tmp_path / "runs")

@@ -1,0 +1,188 @@
+"""The command line's vocabulary: one flag per concept, with one meaning in every command.
+
+Each ``add_*`` function below is the only place its flag is defined, so every command that
+takes the concept spells it and explains it the same way (README.md, "Command-line
+vocabulary", is the same table in prose). Training shorthands (``--model``, ``-b``, ``--lr``,
+...) are spellings of recipe keys: they become ``--set`` overrides, applied before the
+explicit ``--set`` ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from verydeep.errors import UsageError
+
+# --- one rule per concept ---------------------------------------------------------------------
+
+DEVICE_HELP = "auto (this process's GPU if torch sees one, else the CPU), cpu, cuda or cuda:N"
+AMP_CHOICES = ("auto", "none", "bf16", "fp16")  # verydeep.runtime.AMP_MODES; no torch import to build a parser
+AMP_HELP = "autocast precision: auto (bf16 on CUDA, fp32 on CPU), none (fp32), bf16 or fp16"
+
+
+def add_data(p: argparse.ArgumentParser, help: str = "dataset folder (train/ and val/, or ImageNet's layouts)",
+             **kwargs) -> None:
+    p.add_argument("--data", metavar="DIR", help=help, **kwargs)
+
+
+def add_out(p: argparse.ArgumentParser, what: str, default: str | None = None, default_text: str | None = None,
+            required: bool = False) -> None:
+    """``--out DIR``: the folder a command writes into (made if missing); ``what`` says what goes there."""
+    shown = default_text or default
+    p.add_argument("--out", metavar="DIR", default=default, required=required,
+                   help=f"folder to write {what} into, made if missing" + (f" (default: {shown})" if shown else ""))
+
+
+def add_json(p: argparse.ArgumentParser, what: str = "the results") -> None:
+    p.add_argument("--json", nargs="?", const="-", metavar="PATH",
+                   help=f"write {what} as JSON to PATH; without PATH (or with -), to stdout instead of the text")
+
+
+def add_checkpoint(p: argparse.ArgumentParser, *, several: bool = False, required: bool = True) -> None:
+    extra = "; repeat to fuse several nets (posteriors averaged)" if several else ""
+    p.add_argument("--checkpoint", action="append" if several else "store", required=required,
+                   metavar="RUN_OR_FILE",
+                   help="a run folder (its best.pt), a checkpoint .pt, an exported .safetensors or a torchvision "
+                        f"VGG state dict{extra}")
+
+
+def add_ema(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ema", action="store_true",
+                   help="use the checkpoint's EMA weights (runs trained with train.ema_decay)")
+
+
+def add_device(p: argparse.ArgumentParser, default: str | None = "auto", key: str = "",
+               default_text: str = "the recipe's") -> None:
+    p.add_argument("--device", default=default, metavar="DEVICE",
+                   help=(f"{key}: " if key else "") + DEVICE_HELP + f"; default: {default or default_text}")
+
+
+def add_amp(p: argparse.ArgumentParser, default: str | None = "auto", key: str = "",
+            default_text: str = "the recipe's") -> None:
+    p.add_argument("--amp", choices=AMP_CHOICES, default=default,
+                   help=(f"{key}: " if key else "") + AMP_HELP + f"; default: {default or default_text}")
+
+
+def add_batch_size(p: argparse.ArgumentParser, default: int | None = None, what: str = "images per step") -> None:
+    shown = f" (default: {default})" if default is not None else ""
+    p.add_argument("-b", "--batch-size", type=positive_int, default=default, metavar="N",
+                   help=f"{what}, the GLOBAL batch: over ALL processes together (each of W torchrun "
+                        f"processes takes N/W){shown}")
+
+
+def add_workers(p: argparse.ArgumentParser, default: int | None = None, what: str = "data loading",
+                default_text: str | None = None) -> None:
+    shown = default if default is not None else default_text
+    shown = f" (default: {shown})" if shown is not None else ""
+    p.add_argument("--workers", type=non_negative_int, default=default, metavar="N",
+                   help=f"{what} worker processes (per process under torchrun; 0: in-process){shown}")
+
+
+def add_model(p: argparse.ArgumentParser, help: str = "net: registry name or paper letter "
+                                                        "(vgg11 ... vgg19, *_bn, A ... E)") -> None:
+    p.add_argument("--model", metavar="NAME", help=help)
+
+
+# --- training: shorthands for recipe keys ---------------------------------------------------------
+
+# flag dest -> the recipe key it sets (``--set KEY=VALUE``)
+TRAINING_SHORTHANDS = {
+    "data": "data.root",
+    "model": "model.name",
+    "batch_size": "train.batch_size",
+    "lr": "optim.lr",
+    "epochs": "train.epochs",
+    "workers": "data.workers",
+    "device": "train.device",
+    "amp": "train.amp",
+}
+
+
+def add_training(p: argparse.ArgumentParser, *, config_default: str | None = None) -> None:
+    """Recipe, ``--set`` and the shorthands every training command takes (train, demo)."""
+    p.add_argument("--config", required=config_default is None, default=config_default, metavar="RECIPE",
+                   help="recipe: a packaged name (`verydeep recipes` lists them, e.g. paper_A_S256) or a YAML file"
+                        + (f" (default: {config_default})" if config_default else ""))
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set optim.lr=0.001 (repeatable; applied after the "
+                        "shorthands below)")
+    g = p.add_argument_group("shorthands for recipe keys (torchvision/timm spellings)")
+    add_model(g, help="model.name: registry name or paper letter (vgg16, vgg16_bn, D, ...)")
+    add_batch_size(g, what="train.batch_size: images per optimiser step")
+    g.add_argument("--lr", type=positive_float, metavar="LR", help="optim.lr: the base learning rate")
+    g.add_argument("--epochs", type=positive_int, metavar="N", help="train.epochs")
+    add_workers(g, what="data.workers: training data loading")
+    add_device(g, default=None, key="train.device")
+    add_amp(g, default=None, key="train.amp")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+
+
+def training_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` assignments for the shorthands given, then the explicit ``--set`` ones.
+
+    Values are written as JSON (valid YAML), so a path or a name is never re-read as a number
+    or a boolean."""
+    out = []
+    for dest, key in TRAINING_SHORTHANDS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            out.append(f"{key}={json.dumps(value)}")
+    return [*out, *args.overrides]
+
+
+# --- values ---------------------------------------------------------------------------------------
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+# --- outputs --------------------------------------------------------------------------------------
+
+def emit_json(obj, dest: str) -> Path | None:
+    """``obj`` as JSON to ``dest`` (``-``: stdout). Returns the file written, None for stdout."""
+    text = json.dumps(obj, indent=2, default=str) + "\n"
+    if dest == "-":
+        sys.stdout.write(text)
+        return None
+    path = Path(dest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def deprecated(old: str, new: str) -> None:
+    """One line on stderr for an old spelling that still works."""
+    print(f"verydeep: note: {old} is deprecated and will be removed; use {new}", file=sys.stderr)
+
+
+def data_or_positional(args: argparse.Namespace, positional: str = "path") -> str:
+    """``--data``, or the deprecated positional folder of the data commands."""
+    old = getattr(args, positional, None)
+    if old is not None and args.data is not None and old != args.data:
+        raise UsageError(f"two dataset folders given: {old} and --data {args.data}")
+    if old is not None and args.data is None:
+        deprecated(f"the positional folder ({old})", f"--data {old}")
+    value = args.data or old
+    if value is None:
+        raise UsageError("no dataset folder: give --data DIR")
+    return value

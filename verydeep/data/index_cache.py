@@ -24,6 +24,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from verydeep.atomic_write import write_text_atomic
 from verydeep.data.decode import is_image_name
 
 log = logging.getLogger(__name__)
@@ -159,11 +160,9 @@ def scan_folder(path, cache_dir=None) -> FolderIndex:
         pass
     index, mtimes = _scan(path)
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"version": CACHE_VERSION, "path": str(path), "mtimes": mtimes,
-                                   "classes": index.classes, "files": index.files, "problems": index.problems}))
-        os.replace(tmp, cache_file)
+        write_text_atomic(cache_file, json.dumps({"version": CACHE_VERSION, "path": str(path), "mtimes": mtimes,
+                                                  "classes": index.classes, "files": index.files,
+                                                  "problems": index.problems}))
     except OSError as e:
         log.debug("could not write the file index cache %s: %s", cache_file, e)
     return index

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from verydeep.atomic_write import write_text_atomic
 from verydeep.data.augment import BatchMix, ImageAugment, batch_mix_enabled, image_augment_enabled
 from verydeep.data.config import DataConfig
 from verydeep.data.decode import image_size
@@ -319,10 +320,7 @@ def image_sizes(paths: Sequence[str], cache_dir=None, progress: bool = True) -> 
                       disable=not progress or len(paths) < 2000)
     sizes = [image_size(p) for p in it]
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(sizes))
-        os.replace(tmp, cache_file)
+        write_text_atomic(cache_file, json.dumps(sizes))
     except OSError:
         pass
     return sizes

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from verydeep.atomic_write import write_text_atomic
 from verydeep.data.config import TRAINING_SET_STATS, DataConfig
 from verydeep.data.decode import load_image
 from verydeep.data.errors import BadImageError, DataError
@@ -95,9 +96,7 @@ def compute_stats(paths, num_images: int = 10000, seed: int = 0, short_side: int
 
 
 def write_stats(stats: dict, path) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(stats, f, indent=2)
-        f.write("\n")
+    write_text_atomic(path, json.dumps(stats, indent=2) + "\n")
 
 
 def training_set_stats(paths, cache_dir=None, progress: bool = True) -> dict:
@@ -115,10 +114,7 @@ def training_set_stats(paths, cache_dir=None, progress: bool = True) -> dict:
     log.info("computing the training set's mean RGB and colour PCA (once; cached in %s)", cache_file)
     stats = compute_stats(paths, progress=progress)
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-        write_stats(stats, tmp)
-        os.replace(tmp, cache_file)
+        write_stats(stats, cache_file)
     except OSError as e:  # a read-only cache costs a recomputation next time, nothing more
         log.warning("could not cache the training-set statistics in %s: %s", cache_file, e)
     return stats

@@ -17,6 +17,7 @@ import math
 import os
 from pathlib import Path
 
+from verydeep.atomic_write import write_text_atomic
 from verydeep.topk import per_class_accuracy
 
 
@@ -91,14 +92,9 @@ def report_row(row: dict, given: list[str] | None = None) -> dict:
 def write_report(path: str | Path, header: dict, rows: list[dict], *, complete: bool = True,
                  given: list[str] | None = None) -> Path:
     """Write (or rewrite, atomically) the JSON report; ``complete=False`` while rows are still to come."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     report = {"header": {**header, "status": "complete" if complete else "running"},
               "rows": [report_row(r, given) for r in rows]}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)  # a reader (or a crash) never sees half a file
-    return path
+    return write_text_atomic(path, json.dumps(report, indent=2) + "\n")
 
 
 def write_json(rows: list[dict], path: str | Path, header: dict | None = None) -> Path:

@@ -118,8 +118,12 @@ def _scan(path: Path) -> tuple[FolderIndex, dict[str, int]]:
     walk.enter(path, os.stat(path))
     subdirs, files = walk.entries(path)
     # Every class folder is claimed before any is walked, so a link from one class into
-    # another is skipped whichever comes first in sorted order.
-    classes = [(d, st) for d, st in subdirs if walk.enter(d, st)]
+    # another is skipped whichever comes first in sorted order; real folders are claimed
+    # before links, so a class folder that is a link to another class folder (``n1 -> n3``)
+    # is the one skipped, whichever name sorts first, and the real folder keeps its name.
+    real = {d for d, _ in subdirs if not d.is_symlink()}
+    claimed = {d for d, st in sorted(subdirs, key=lambda e: e[0] not in real) if walk.enter(d, st)}
+    classes = [(d, st) for d, st in subdirs if d in claimed]
     index = FolderIndex(str(path), files=files)
     for d, _ in classes:
         index.classes[d.name] = walk.images_under(d)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from verydeep.data.config import check_image_side
+
 SCALE_SETS = ("single", "multi")
 PAPER_CROP, PAPER_STEP = 224, 32  # multi-scale Q = S - 32, S, S + 32 for the paper's 224 crops
 
@@ -30,14 +32,15 @@ def fixed_scale_step(crop_size: int) -> int:
 
 
 def check_scales(scales: Sequence[int]) -> tuple[int, ...]:
-    """``scales`` as a tuple of ints; raises unless it is a non-empty list of positive integers."""
+    """``scales`` as a tuple of ints; raises unless it is a non-empty list of integers from 1 to
+    ``MAX_IMAGE_SIDE`` (the data section's bound on any image side, and its reason)."""
     try:
         values = () if isinstance(scales, str) else tuple(int(q) for q in scales)
     except (TypeError, ValueError):
         values = ()
-    if not values or min(values) < 1:
+    if not values:
         raise ValueError(f"test scales must be positive integers, got {scales!r}")
-    return values
+    return tuple(check_image_side(q, "test scale Q") for q in values)
 
 
 def resolve_scales(data_cfg, which: str | Sequence[int] = "single") -> list[int]:

@@ -116,6 +116,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from verydeep.parallel.distributed import init_distributed, shutdown
     from verydeep.runtime import build_runtime
 
+    scale_sets = _scale_sets(args.scales)  # a bad --scales fails before any net is loaded
     dist = init_distributed(args.device)
     if not dist.is_main:  # one log under torchrun, as in training: the other ranks say only what goes wrong
         logging.getLogger("verydeep").setLevel(logging.WARNING)
@@ -125,7 +126,7 @@ def run_eval(args: argparse.Namespace) -> int:
     splits = discover(data_cfg, classes=nets[0].classes)  # a val/-only folder: numbered as the net's classes
     samples = splits.val[: args.limit] if args.limit else splits.val
     rows = [RowSpec.for_nets(p, [net.data for net in nets], s)
-            for s in _scale_sets(args.scales) for p in _protocols(args.protocol)]
+            for s in scale_sets for p in _protocols(args.protocol)]
     # --batch-size is global, as everywhere: each of the W processes takes its share.
     options = _options(args, batch_size=max(1, args.batch_size // dist.world_size), crop_batch=args.crop_batch)
     report = _report_writer(args, nets, data_cfg, samples, options) if dist.is_main else None
@@ -212,8 +213,8 @@ def _eval_data(args: argparse.Namespace, net):
 def run_predict(args: argparse.Namespace) -> int:
     from verydeep.evaluate import load_eval_net, predict
 
-    nets = [load_eval_net(c, caffe_bgr=args.caffe_bgr, ema=args.ema) for c in args.checkpoint]
     scale_sets, protos = _scale_sets(args.scales or ["single"]), _protocols(args.protocol)
+    nets = [load_eval_net(c, caffe_bgr=args.caffe_bgr, ema=args.ema) for c in args.checkpoint]
     if len(scale_sets) != 1 or len(protos) != 1:
         raise ValueError("predict takes one --protocol and one --scales value")
     results = predict(nets, args.images, protocol=protos[0], scales=scale_sets[0], topk=args.topk,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from verydeep.data.config import check_image_side
+from verydeep.data.config import MAX_IMAGE_SIDE
 
 SCALE_SETS = ("single", "multi")
 PAPER_CROP, PAPER_STEP = 224, 32  # multi-scale Q = S - 32, S, S + 32 for the paper's 224 crops
@@ -38,9 +38,10 @@ def check_scales(scales: Sequence[int]) -> tuple[int, ...]:
         values = () if isinstance(scales, str) else tuple(int(q) for q in scales)
     except (TypeError, ValueError):
         values = ()
-    if not values:
-        raise ValueError(f"test scales must be positive integers, got {scales!r}")
-    return tuple(check_image_side(q, "test scale Q") for q in values)
+    if not values or not 1 <= min(values) <= max(values) <= MAX_IMAGE_SIDE:
+        raise ValueError(f"test scales must be positive integers (from 1 to {MAX_IMAGE_SIDE} pixels), "
+                         f"got {scales!r}")
+    return values
 
 
 def resolve_scales(data_cfg, which: str | Sequence[int] = "single") -> list[int]:

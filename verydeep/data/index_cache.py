@@ -9,8 +9,8 @@ any depth), so a changed dataset is re-listed and an unchanged one is read back 
 What that key cannot notice: a change that leaves every directory's mtime as it was (a file
 added or removed with the folder's mtime restored, ``touch -d``/``rsync --times`` style), a
 file rewritten in place (same name: the index holds names, not contents), and changes on
-file systems with coarse or no directory mtimes. ``verydeep data check`` (or deleting the
-cache folder) re-lists from scratch. The cache file itself carries a checksum and its names
+file systems with coarse or no directory mtimes. Deleting the cache folder (or pointing
+``data.index_cache`` elsewhere) re-lists from scratch. The cache file itself carries a checksum and its names
 are checked to stay inside the folder (``verydeep.data.checked_cache``): a damaged or edited
 cache is rebuilt, with a warning naming it.
 

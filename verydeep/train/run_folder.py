@@ -70,6 +70,7 @@ class RunFolderLock:
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / LOCK_NAME
         self._fd: int | None = None
+        self._owner: int | None = None  # the pid that took the lock
 
     def acquire(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -88,10 +89,12 @@ class RunFolderLock:
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode() + b"\n")
-        self._fd = fd
+        self._fd, self._owner = fd, os.getpid()
         _held_lock_fds.add(fd)
 
     def release(self) -> None:
+        if self._fd is not None and self._owner != os.getpid():
+            self._fd = None  # a forked copy of this object: its descriptor is closed already
         if self._fd is not None:
             _held_lock_fds.discard(self._fd)
             fcntl.flock(self._fd, fcntl.LOCK_UN)

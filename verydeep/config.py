@@ -144,17 +144,25 @@ def list_recipes() -> dict[str, str]:
     return out
 
 
+def packaged_recipe(name: str):
+    """The packaged recipe ``name`` (with or without ``.yaml``). Only the names
+    :func:`list_recipes` lists are found: a path (``../../etc/passwd``) never leaves the
+    recipes. The error lists them."""
+    stem = str(name).removesuffix(".yaml")
+    recipes = list_recipes()
+    if stem not in recipes:
+        raise ConfigError(f"no packaged recipe named {name!r}; packaged: {', '.join(recipes)}")
+    return importlib.resources.files(RECIPES_PACKAGE) / f"{stem}.yaml"
+
+
 def find_recipe(name_or_path: str | Path):
     """A recipe file: an existing path, or the name of a packaged recipe (with or without
     ``.yaml``). The error lists the packaged recipes."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    name = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
-    if path.parent == Path("."):
-        packaged = importlib.resources.files(RECIPES_PACKAGE) / f"{name}.yaml"
-        if packaged.is_file():
-            return packaged
+    if path.parent == Path(".") and str(name_or_path).removesuffix(".yaml") in list_recipes():
+        return packaged_recipe(str(name_or_path))
     raise ConfigError(f"recipe not found: {name_or_path} (neither a file nor a packaged recipe; "
                       f"packaged: {', '.join(list_recipes())})")
 

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from verydeep.data import DataConfig
+from verydeep.data.checked_cache import write_checked_json
 from verydeep.data.loaders import normalize_batch
 from verydeep.data.stats import compute_stats, resolve_stats
 from verydeep.data.transforms import eval_transform, normalization, to_normalized_batch
@@ -66,10 +67,12 @@ def test_training_set_mean_is_computed_once_cached_and_written_into_the_config(t
     assert resolved.mean == pytest.approx(compute_stats(paths, progress=False)["mean"])
     cached = list((tmp_path / "cache").glob("stats-*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["mean"] == pytest.approx([0.5] * 3)
-    # a second resolution reads the cache: poison it and see the poisoned value come back
+    # a second resolution reads the cache: rewrite it (valid, checksum included) and see the
+    # rewritten value come back
     stats = json.loads(cached[0].read_text())
+    del stats["sha256"]
     stats["mean"] = [0.1, 0.2, 0.3]
-    cached[0].write_text(json.dumps(stats))
+    write_checked_json(cached[0], stats)
     assert resolve_stats(cfg, paths, progress=False).mean == pytest.approx([0.1, 0.2, 0.3])
 
 

@@ -117,3 +117,19 @@ def test_exif_orientation_ignored_for_datasets_and_honoured_on_request(tmp_path)
     assert upright.getpixel((10, 5))[2] > 150  # the blue half is on top after a clockwise turn
     drafted = load_image(path, min_short_side=8, exif_orientation=True)
     assert drafted.info["original_size"] == (20, 40)
+
+
+@pytest.mark.parametrize("link", ["n00000000", "n99999999"])  # sorts before / after its target
+def test_a_class_folder_linked_to_another_cannot_steal_it(tmp_path, caplog, link):
+    from verydeep.data import DataConfig
+
+    d = tmp_path / "train"
+    write_class_folders(d, WNIDS[:2], per_class=2)
+    os.symlink(WNIDS[1], d / link)
+    splits = discover(DataConfig(train_dir=str(d), index_cache=str(tmp_path / "cache"), workers=0))
+    assert splits.classes == WNIDS[:2]  # the real folder keeps its name; the link is no class
+    assert {c: sorted(os.path.basename(os.path.dirname(p)) for p in v) for c, v in _labels(splits).items()} == {
+        WNIDS[0]: [WNIDS[0]] * 2, WNIDS[1]: [WNIDS[1]] * 2}
+    assert dict(splits.problems) == {str(d / link): f"links to {d / WNIDS[1]}, already indexed "
+                                                    "(symlink loop or duplicate folder): skipped"}
+    assert f"{d / link}: links to {d / WNIDS[1]}" in caplog.text  # the warning names the link, then its target

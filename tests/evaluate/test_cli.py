@@ -66,7 +66,7 @@ def test_predict_prints_top5_with_names(dataset, tmp_path, capsys):
     assert len(res["top"]) == 5 and res["protocol"] == "multicrop"
     assert sum(t["prob"] for t in res["top"]) <= 1 + 1e-6
     assert res["top"] == sorted(res["top"], key=lambda t: -t["prob"])
-    assert main(["predict", "--checkpoint", str(run), str(tmp_path / "missing.jpg")]) == 1
+    assert main(["predict", "--checkpoint", str(run), str(tmp_path / "missing.jpg")]) == 3  # data, not a bug
     capsys.readouterr()
     # fp32 is what auto means on CPU; bf16 autocast moves the posteriors a little.
     args = ["predict", "--checkpoint", str(run), "--json", "--device", "cpu", str(images[0])]
@@ -75,6 +75,27 @@ def test_predict_prints_top5_with_names(dataset, tmp_path, capsys):
         assert main([*args, "--amp", amp]) == 0
         probs[amp] = [t["prob"] for t in json.loads(capsys.readouterr().out)[0]["top"]]
     assert probs["none"] == probs["auto"] and probs["bf16"] != probs["auto"]
+
+
+def test_predict_unreadable_inputs_are_one_line_each_and_the_data_exit_code(run_dir, tmp_path, capsys):
+    html = tmp_path / "page.jpg"
+    html.write_text("<!DOCTYPE html><html><body>404 Not Found</body></html>")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    missing = tmp_path / "missing.jpg"
+    for path, why in ((missing, "file not found"), (html, "not an image file"),
+                      (folder, "a folder, not an image file")):
+        assert main(["predict", "--checkpoint", str(run_dir), str(path)]) == 3
+        assert capsys.readouterr().out.splitlines() == [f"{path}: error: {path}: cannot decode image: {why}"
+                                                        + (" (name the image files in it)" if path == folder else "")]
+    assert main(["predict", "--checkpoint", str(run_dir), str(missing), "--json"]) == 3
+
+
+@pytest.mark.parametrize("scales", ["99999999", "256,0", "48/5000"])
+def test_eval_refuses_test_scales_beyond_the_bound_in_one_line(run_dir, dataset, scales, capsys):
+    assert main(["eval", "--checkpoint", str(run_dir), "--data", str(dataset), "--scales", scales]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--scales {scales!r}" in err[0] and "from 1 to 4096" in err[0]
 
 
 def test_export_command_writes_all_files(run_dir, tmp_path):

@@ -24,7 +24,7 @@ def test_explicit_scales_are_checked_and_returned():
     assert resolve_scales(FIXED, [320, 384]) == [320, 384]
     assert resolve_scales(JITTERED, (512,)) == [512]
     assert check_scales([24, 32]) == (24, 32)
-    for bad in ([], [0], [256, -32], ["x"], None):
+    for bad in ([], [0], [256, -32], ["x"], None, [256, 4097], [99999999]):  # 4096: MAX_IMAGE_SIDE
         with pytest.raises(ValueError, match="positive integers"):
             resolve_scales(FIXED, bad)
     with pytest.raises(ValueError, match="positive integers"):

@@ -76,3 +76,54 @@ def test_overrides_and_roundtrip(tmp_path):
 
 def test_int_accepted_for_float():
     assert load_config(None, ["optim.lr=1"]).optim.lr == 1.0
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.crop_size=100000", "crop_size=100000 must be an integer from 1 to 4096"),
+    ("data.eval_scale=99999999", "eval_scale=99999999 must be an integer from 1 to 4096"),
+    ("data.scale_max=5000", "scale_max=5000 must be an integer from 1 to 4096"),
+    ("data.crop_size=0", "crop_size=0 must be an integer from 1 to 4096"),
+    ("optim.lr=.inf", "lr must be a finite number > 0, got inf"),
+    ("optim.lr=inf", "lr must be a finite number > 0, got inf"),
+    ("optim.lr=nan", "lr must be a finite number > 0, got nan"),
+    ("optim.weight_decay=-1", "weight_decay must be a finite number >= 0, got -1.0"),
+    ("optim.weight_decay=.nan", "weight_decay must be a finite number >= 0, got nan"),
+    ("data.mean=[0.5, .nan, 0.5]", "mean must be finite numbers"),
+])
+def test_out_of_range_values_are_refused_by_their_section(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--set", "data.crop_size=100000"], "data: crop_size=100000 must be an integer from 1 to 4096"),
+    (["--set", "optim.weight_decay=-1"], "optim: weight_decay must be a finite number >= 0, got -1.0"),
+    (["--lr", "inf"], "argument --lr: must be a finite number > 0, got inf"),
+])
+def test_out_of_range_values_are_one_line_and_exit_2_on_the_command_line(flags, message, tmp_path, capsys):
+    from verydeep.cli.main import main
+
+    argv = ["train", "--config", "demo", *flags, "--out", str(tmp_path / "run")]
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's own refusal of a flag's value
+        rc = e.code
+    assert rc == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "run").exists()
+
+
+def test_recipe_names_cannot_leave_the_recipes(tmp_path, monkeypatch, capsys):
+    from verydeep.cli.main import main
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not print me\n")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    for name in ("../secret.txt", str(secret), "../../../etc/passwd"):
+        assert main(["recipes", name]) == 2
+        captured = capsys.readouterr()
+        assert "do not print me" not in captured.out and "root:" not in captured.out
+        assert f"no packaged recipe named {name!r}" in captured.err
+    assert main(["recipes", "paper_A_S256"]) == 0
+    assert "model:" in capsys.readouterr().out

@@ -141,3 +141,51 @@ def test_repeated_kills_and_resumes_end_like_an_uninterrupted_run(reference):
         pytest.fail("the run never finished")
     assert attempt >= 3
     _assert_like_reference(run, reference_run, f"after {attempt} kills")
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out.update(int(c) for c in f.read().split())
+    return out
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads a process's children from /proc")
+def test_a_training_with_loader_workers_killed_mid_epoch_resumes_at_once(tiny_imagenet, tmp_path):
+    """SIGKILL leaves the loader workers orphaned for the seconds they take to notice; they must
+    not hold the run folder's lock meanwhile, or an immediate --resume is refused."""
+    import fcntl
+    import subprocess
+    import time
+
+    run = tmp_path / "run"
+    sets = [*TINY_OVERRIDES, "data.workers=2", "data.persistent_workers=true", "train.epochs=6",
+            "train.checkpoint_every_steps=1", "train.plot=false"]
+    argv = [sys.executable, "-m", "verydeep", "train", "--config", "demo", "--data", str(tiny_imagenet),
+            "--out", str(run), *itertools.chain.from_iterable(("--set", s) for s in sets)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:  # until step 2 of epoch 1 is done
+            if (run / "last.pt").is_file() and (run / "metrics.jsonl").is_file() and any(
+                    json.loads(line).get("step", 0) >= 2 for line in (run / "metrics.jsonl").read_text().splitlines()
+                    if line.endswith("}")):
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"the training ended before it could be killed: {proc.stderr.read().decode()}"
+        workers = _children(proc.pid)
+        assert len(workers) >= 2, "the loader workers are not running"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert any(os.path.exists(f"/proc/{w}") for w in workers)  # orphans still alive: the case in point
+    with open(run / ".lock", "r+") as f:  # nobody holds the lock: its holder is dead
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f, fcntl.LOCK_UN)
+    resumed = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(run / "last.pt")["epoch"] == 6

@@ -198,3 +198,34 @@ def test_a_read_only_run_folder_ends_in_one_line(tiny_imagenet, tmp_path, monkey
     err = capsys.readouterr().err.strip()
     assert err.splitlines()[-1] == f"verydeep: error: {run / '.lock'}: Read-only file system"
     assert "Traceback" not in err
+
+
+def test_a_forked_child_neither_holds_nor_releases_the_lock(tmp_path):
+    """Loader workers are forked while the lock is held: they must not keep it alive after the
+    trainer dies, nor release it for the living trainer."""
+    import fcntl
+    import multiprocessing
+
+    lock = RunFolderLock(tmp_path)
+    lock.acquire()
+    try:
+        def child():
+            lock.release()  # a forked copy of the object: must leave the parent's lock alone
+            try:  # and the child holds no copy of it: its own attempt meets the parent's lock only
+                with open(tmp_path / ".lock", "r+") as f:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os._exit(1)
+            except BlockingIOError:
+                os._exit(0)
+
+        p = multiprocessing.get_context("fork").Process(target=child)
+        p.start()
+        p.join(timeout=60)
+        assert p.exitcode == 0
+        with pytest.raises(RunFolderError, match="is in use"):  # still held by this process
+            RunFolderLock(tmp_path).acquire()
+    finally:
+        lock.release()
+    again = RunFolderLock(tmp_path)
+    again.acquire()
+    again.release()

@@ -29,6 +29,8 @@ from verydeep.bench.common import (
     resolve_device,
     time_steps,
 )
+from verydeep.data.config import check_image_side
+from verydeep.evaluate.scales import check_scales
 
 METHODS = ("center", "dense", "multicrop")  # single-pass evaluation methods (verydeep.evaluate.protocols)
 
@@ -50,6 +52,10 @@ class EvalBenchConfig:
     reference: bool = True
     aspect: float = 4 / 3  # width / height; the shorter side is Q
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_image_side(self.crop_size, "crop_size")
+        check_scales(_scales(self.scales))
 
     @classmethod
     def for_gpu(cls, **overrides) -> "EvalBenchConfig":

@@ -14,7 +14,7 @@ from verydeep.errors import UsageError
 def _scale_sets(values: list[str] | None) -> list[str | list[int] | list[list[int]]]:
     """Each --scales value: "single", "multi" (each net's own, from its training S), a comma list
     of Q for every net, or comma lists separated by "/", one per --checkpoint in order."""
-    from verydeep.evaluate.scales import SCALE_SETS
+    from verydeep.evaluate.scales import SCALE_SETS, check_scales
 
     out: list[str | list[int]] = []
     for v in values or list(SCALE_SETS):
@@ -25,7 +25,12 @@ def _scale_sets(values: list[str] | None) -> list[str | list[int] | list[list[in
             per_net = [[int(q) for q in part.split(",") if q.strip()] for part in v.split("/")]
             out.append(per_net if "/" in v else per_net[0])
         except ValueError:
-            raise ValueError(f"--scales {v!r}: expected 'single', 'multi' or integers like 256,384,512") from None
+            raise UsageError(f"--scales {v!r}: expected 'single', 'multi' or integers like 256,384,512") from None
+        for qs in per_net:
+            try:
+                check_scales(qs)
+            except ValueError as e:
+                raise UsageError(f"--scales {v!r}: {e}") from None
     return out
 
 
@@ -111,6 +116,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from verydeep.parallel.distributed import init_distributed, shutdown
     from verydeep.runtime import build_runtime
 
+    scale_sets = _scale_sets(args.scales)  # a bad --scales fails before any net is loaded
     dist = init_distributed(args.device)
     if not dist.is_main:  # one log under torchrun, as in training: the other ranks say only what goes wrong
         logging.getLogger("verydeep").setLevel(logging.WARNING)
@@ -120,7 +126,7 @@ def run_eval(args: argparse.Namespace) -> int:
     splits = discover(data_cfg, classes=nets[0].classes)  # a val/-only folder: numbered as the net's classes
     samples = splits.val[: args.limit] if args.limit else splits.val
     rows = [RowSpec.for_nets(p, [net.data for net in nets], s)
-            for s in _scale_sets(args.scales) for p in _protocols(args.protocol)]
+            for s in scale_sets for p in _protocols(args.protocol)]
     # --batch-size is global, as everywhere: each of the W processes takes its share.
     options = _options(args, batch_size=max(1, args.batch_size // dist.world_size), crop_batch=args.crop_batch)
     report = _report_writer(args, nets, data_cfg, samples, options) if dist.is_main else None
@@ -207,8 +213,8 @@ def _eval_data(args: argparse.Namespace, net):
 def run_predict(args: argparse.Namespace) -> int:
     from verydeep.evaluate import load_eval_net, predict
 
-    nets = [load_eval_net(c, caffe_bgr=args.caffe_bgr, ema=args.ema) for c in args.checkpoint]
     scale_sets, protos = _scale_sets(args.scales or ["single"]), _protocols(args.protocol)
+    nets = [load_eval_net(c, caffe_bgr=args.caffe_bgr, ema=args.ema) for c in args.checkpoint]
     if len(scale_sets) != 1 or len(protos) != 1:
         raise ValueError("predict takes one --protocol and one --scales value")
     results = predict(nets, args.images, protocol=protos[0], scales=scale_sets[0], topk=args.topk,
@@ -217,7 +223,7 @@ def run_predict(args: argparse.Namespace) -> int:
         path = emit_json(results, args.json)
         if path:
             print(f"wrote {path}")
-        return 0 if all("error" not in r for r in results) else 1
+        return _predict_exit_code(results)
     for r in results:
         if "error" in r:
             print(f"{r['path']}: error: {r['error']}")
@@ -225,7 +231,15 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"{r['path']} ({r['protocol']}, Q={','.join(map(str, r['scales']))}):")
         for rank, t in enumerate(r["top"], 1):
             print(f"  {rank}. {t['prob']:7.2%}  {t['class']}  {t['name']}")
-    return 0 if all("error" not in r for r in results) else 1
+    return _predict_exit_code(results)
+
+
+def _predict_exit_code(results: list[dict]) -> int:
+    """0 when every image was classified; the data code (3) when one could not be read (a
+    missing file, a folder, not an image): the user's input, not a bug (exit 1)."""
+    from verydeep.errors import EXIT_DATA, EXIT_OK
+
+    return EXIT_OK if all("error" not in r for r in results) else EXIT_DATA
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -3,6 +3,8 @@ they are loaded. The one place these defaults live."""
 
 from __future__ import annotations
 
+import math
+import operator
 from dataclasses import dataclass, field
 
 # Krizhevsky et al. 2012 colour PCA of ImageNet training pixels in [0, 1] (the values
@@ -22,6 +24,23 @@ AUTO_AUGMENTS = ("randaugment", "trivialaugment")
 NORMALIZATIONS = ("caffe", "mean_rgb", "mean_std")
 DECODERS = ("cpu", "gpu")  # data.decode
 TRAINING_SET_STATS = "train"  # data.stats_file value: the training set's own statistics, computed once
+# Largest image side a crop, a training scale S or a test scale Q may have: 8x the paper's
+# largest Q (512). A 4096 x 4096 input already needs 4 GiB for the first conv layer's output
+# alone (64 channels, float32, one image); beyond it a typo (a crop of 100000) would only
+# reach an allocation failure, so it is refused as a value instead.
+MAX_IMAGE_SIDE = 4096
+
+
+def check_image_side(value, name: str) -> int:
+    """``value`` when it is an integer in [1, MAX_IMAGE_SIDE]; ValueError naming ``name``."""
+    try:
+        side = operator.index(value)  # an int (numpy's included), never a float or a bool
+    except TypeError:
+        side = None
+    if side is None or isinstance(value, bool) or not 1 <= side <= MAX_IMAGE_SIDE:
+        raise ValueError(f"{name}={value!r} must be an integer from 1 to {MAX_IMAGE_SIDE} (pixels; "
+                         f"8x the paper's largest test scale)")
+    return side
 
 
 @dataclass
@@ -97,8 +116,8 @@ class DataConfig:
             raise ValueError(f"train_transform={self.train_transform!r}; expected one of {', '.join(TRAIN_TRANSFORMS)}")
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize={self.normalize!r}; expected one of {', '.join(NORMALIZATIONS)}")
-        if self.crop_size < 1 or self.eval_crop < 1 or self.eval_scale < 1:
-            raise ValueError("crop_size, eval_crop and eval_scale must be positive")
+        for name in ("crop_size", "eval_crop", "eval_scale", "scale_min", "scale_max"):
+            check_image_side(getattr(self, name), name)
         if self.scale_min > self.scale_max:
             raise ValueError(f"scale_min={self.scale_min} is larger than scale_max={self.scale_max}")
         if self.train_transform == "scale_jitter" and self.scale_min < self.crop_size:
@@ -109,10 +128,14 @@ class DataConfig:
         for name in ("mean", "std", "pca_eigval"):
             if len(getattr(self, name)) != 3:
                 raise ValueError(f"{name} must have 3 values (R, G, B), got {getattr(self, name)!r}")
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"std must be positive, got {self.std!r}")
         if len(self.pca_eigvec) != 3 or any(len(r) != 3 for r in self.pca_eigvec):
             raise ValueError("pca_eigvec must be a 3x3 matrix (rows R, G, B; columns eigenvectors)")
+        for name in ("mean", "std", "pca_eigval", "pca_eigvec"):
+            values = getattr(self, name)
+            if not all(math.isfinite(v) for v in (sum(values, []) if name == "pca_eigvec" else values)):
+                raise ValueError(f"{name} must be finite numbers, got {values!r}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std!r}")
         if len(self.rrc_scale) != 2 or not 0 < self.rrc_scale[0] <= self.rrc_scale[1] <= 1:
             raise ValueError(f"rrc_scale must be [min, max] within (0, 1], got {self.rrc_scale!r}")
         if len(self.rrc_ratio) != 2 or not 0 < self.rrc_ratio[0] <= self.rrc_ratio[1]:

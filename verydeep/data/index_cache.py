@@ -6,6 +6,14 @@ walk entered (adding, removing or renaming a file or folder changes its parent's
 any depth), so a changed dataset is re-listed and an unchanged one is read back after one
 ``stat`` per directory.
 
+What that key cannot notice: a change that leaves every directory's mtime as it was (a file
+added or removed with the folder's mtime restored, ``touch -d``/``rsync --times`` style), a
+file rewritten in place (same name: the index holds names, not contents), and changes on
+file systems with coarse or no directory mtimes. Deleting the cache folder (or pointing
+``data.index_cache`` elsewhere) re-lists from scratch. The cache file itself carries a checksum and its names
+are checked to stay inside the folder (``verydeep.data.checked_cache``): a damaged or edited
+cache is rebuilt, with a warning naming it.
+
 The walk follows symbolic links (datasets are often assembled from links) but enters each
 real directory once: a link back up the tree (``loop -> ..``) or to a folder walked already
 (another class's folder, say) would otherwise repeat its images, under another class's label.
@@ -17,19 +25,18 @@ reader forever), are skipped and reported as ``problems``: ``data check`` lists 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from verydeep.atomic_write import write_text_atomic
+from verydeep.data.checked_cache import InvalidCache, read_checked_json, relative_name, write_checked_json
 from verydeep.data.decode import is_image_name
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 def default_cache_dir() -> Path:
@@ -118,8 +125,12 @@ def _scan(path: Path) -> tuple[FolderIndex, dict[str, int]]:
     walk.enter(path, os.stat(path))
     subdirs, files = walk.entries(path)
     # Every class folder is claimed before any is walked, so a link from one class into
-    # another is skipped whichever comes first in sorted order.
-    classes = [(d, st) for d, st in subdirs if walk.enter(d, st)]
+    # another is skipped whichever comes first in sorted order; real folders are claimed
+    # before links, so a class folder that is a link to another class folder (``n1 -> n3``)
+    # is the one skipped, whichever name sorts first, and the real folder keeps its name.
+    real = {d for d, _ in subdirs if not d.is_symlink()}
+    claimed = {d for d, st in sorted(subdirs, key=lambda e: e[0] not in real) if walk.enter(d, st)}
+    classes = [(d, st) for d, st in subdirs if d in claimed]
     index = FolderIndex(str(path), files=files)
     for d, _ in classes:
         index.classes[d.name] = walk.images_under(d)
@@ -142,6 +153,47 @@ def walk_images(folder) -> tuple[list[str], list[tuple[str, str]]]:
     return [os.path.join(folder, f) for f in walk.images_under(folder)], walk.problems
 
 
+def _cached_index(cache_file: Path, path: Path) -> FolderIndex | None:
+    """The index cached in ``cache_file`` for ``path`` when it is intact, checked and current;
+    None (with a warning when the file was there but not trusted) for a rebuild."""
+    try:
+        cached = read_checked_json(cache_file)
+        if cached.get("version") != CACHE_VERSION or cached.get("path") != str(path):
+            return None  # another verydeep's cache, or (a hash collision) another folder's
+        index = _checked_index(path, cached)
+        return index if _unchanged(path, cached["mtimes"]) else None
+    except FileNotFoundError:
+        return None
+    except (OSError, InvalidCache) as e:
+        log.warning("%s: file index cache not used, rebuilding it: %s", cache_file, e)
+        return None
+
+
+def _checked_index(path: Path, cached: dict) -> FolderIndex:
+    """The FolderIndex of a cache's content, every name checked to stay inside ``path``."""
+    mtimes, classes, files, problems = (cached.get(k) for k in ("mtimes", "classes", "files", "problems"))
+    if not isinstance(mtimes, dict) or not all(isinstance(t, int) and not isinstance(t, bool)
+                                               for t in mtimes.values()):
+        raise InvalidCache("mtimes must map folders to integer times")
+    for rel in mtimes:
+        if rel != ".":
+            relative_name(rel, "mtimes")
+    if not isinstance(classes, dict) or not all(isinstance(v, list) for v in classes.values()):
+        raise InvalidCache("classes must map class folders to lists of file names")
+    for c, names in classes.items():
+        relative_name(c, "classes", single=True)
+        for name in names:
+            relative_name(name, f"classes[{c!r}]")
+    if not isinstance(files, list):
+        raise InvalidCache("files must be a list of file names")
+    for name in files:
+        relative_name(name, "files", single=True)
+    if not isinstance(problems, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in problems):
+        raise InvalidCache("problems must be a list of [path, reason]")
+    return FolderIndex(str(path), classes, files, [tuple(p) for p in problems], from_cache=True)
+
+
 def scan_folder(path, cache_dir=None) -> FolderIndex:
     """The image files of ``path`` (a folder of class folders, or a flat folder), from the
     cache in ``cache_dir`` when no directory under it changed since it was written."""
@@ -150,19 +202,14 @@ def scan_folder(path, cache_dir=None) -> FolderIndex:
         raise FileNotFoundError(f"not a folder: {path}")
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     cache_file = cache_dir / (hashlib.sha1(str(path).encode()).hexdigest()[:20] + ".json")
-    try:
-        cached = json.loads(cache_file.read_text())
-        if (cached.get("version") == CACHE_VERSION and cached.get("path") == str(path)
-                and _unchanged(path, cached["mtimes"])):
-            return FolderIndex(str(path), cached["classes"], cached["files"],
-                               [tuple(p) for p in cached["problems"]], from_cache=True)
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    cached = _cached_index(cache_file, path)
+    if cached is not None:
+        return cached
     index, mtimes = _scan(path)
     try:
-        write_text_atomic(cache_file, json.dumps({"version": CACHE_VERSION, "path": str(path), "mtimes": mtimes,
-                                                  "classes": index.classes, "files": index.files,
-                                                  "problems": index.problems}))
+        write_checked_json(cache_file, {"version": CACHE_VERSION, "path": str(path), "mtimes": mtimes,
+                                        "classes": index.classes, "files": index.files,
+                                        "problems": index.problems})
     except OSError as e:
         log.debug("could not write the file index cache %s: %s", cache_file, e)
     return index

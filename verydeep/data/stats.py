@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from verydeep.atomic_write import write_text_atomic
+from verydeep.data.checked_cache import InvalidCache, read_checked_json, write_checked_json
 from verydeep.data.config import TRAINING_SET_STATS, DataConfig
 from verydeep.data.decode import load_image
 from verydeep.data.errors import BadImageError, DataError
 from verydeep.data.index_cache import default_cache_dir
-from verydeep.data.transforms import dataset_stats, resized_size
+from verydeep.data.transforms import checked_stats, dataset_stats, resized_size
 
 log = logging.getLogger(__name__)
 
@@ -106,15 +107,19 @@ def training_set_stats(paths, cache_dir=None, progress: bool = True) -> dict:
     key = hashlib.sha1("\n".join(paths).encode()).hexdigest()[:20]
     cache_file = Path(cache_dir or default_cache_dir()) / f"stats-{key}.json"
     try:
-        stats = json.loads(cache_file.read_text())
-        if all(k in stats for k in STATS_KEYS):
-            return stats
-    except (OSError, ValueError):
+        cached = read_checked_json(cache_file)
+        missing = [k for k in STATS_KEYS if k not in cached]
+        if missing:
+            raise InvalidCache(f"missing {', '.join(missing)}")
+        return {**cached, **checked_stats(cached)}
+    except FileNotFoundError:
         pass
+    except (OSError, ValueError) as e:  # InvalidCache, or values checked_stats refuses
+        log.warning("%s: training-set statistics cache not used, recomputing it: %s", cache_file, e)
     log.info("computing the training set's mean RGB and colour PCA (once; cached in %s)", cache_file)
     stats = compute_stats(paths, progress=progress)
     try:
-        write_stats(stats, cache_file)
+        write_checked_json(cache_file, stats, indent=2)
     except OSError as e:  # a read-only cache costs a recomputation next time, nothing more
         log.warning("could not cache the training-set statistics in %s: %s", cache_file, e)
     return stats

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from verydeep.data.checked_cache import finite_vector
 from verydeep.data.config import TRAINING_SET_STATS, DataConfig
 from verydeep.data.decode import load_image, original_size
 from verydeep.data.errors import DataError
@@ -42,10 +43,29 @@ def _read_stats(path: str, mtime_ns: int) -> dict:
         stats = json.loads(open(path, encoding="utf-8").read())
     except (OSError, ValueError) as e:
         raise DataError(f"stats_file {path}: cannot read: {e}") from None
+    if not isinstance(stats, dict):
+        raise DataError(f"stats_file {path}: expected a JSON object (write it with `verydeep data stats`)")
     for key in ("mean", "pca_eigval", "pca_eigvec"):
         if key not in stats:
             raise DataError(f"stats_file {path}: missing key {key!r} (write it with `verydeep data stats`)")
-    return stats
+    try:
+        return {**stats, **checked_stats(stats)}
+    except ValueError as e:
+        raise DataError(f"stats_file {path}: {e}") from None
+
+
+def checked_stats(stats: dict) -> dict:
+    """The statistics among mean, std, pca_eigval (3 finite numbers each; std > 0) and
+    pca_eigvec (3x3 finite) that ``stats`` holds, as floats; ValueError naming the key."""
+    out = {k: finite_vector(stats[k], 3, k) for k in ("mean", "std", "pca_eigval") if k in stats}
+    if "std" in out and min(out["std"]) <= 0:
+        raise ValueError(f"std must be positive, got {out['std']!r}")
+    if "pca_eigvec" in stats:
+        rows = stats["pca_eigvec"]
+        if not isinstance(rows, list) or len(rows) != 3:
+            raise ValueError(f"pca_eigvec must be a 3x3 matrix, got {rows!r}")
+        out["pca_eigvec"] = [finite_vector(r, 3, f"pca_eigvec[{i}]") for i, r in enumerate(rows)]
+    return out
 
 
 def dataset_stats(cfg: DataConfig) -> dict:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from verydeep.data.config import MAX_IMAGE_SIDE
+
 SCALE_SETS = ("single", "multi")
 PAPER_CROP, PAPER_STEP = 224, 32  # multi-scale Q = S - 32, S, S + 32 for the paper's 224 crops
 
@@ -30,13 +32,15 @@ def fixed_scale_step(crop_size: int) -> int:
 
 
 def check_scales(scales: Sequence[int]) -> tuple[int, ...]:
-    """``scales`` as a tuple of ints; raises unless it is a non-empty list of positive integers."""
+    """``scales`` as a tuple of ints; raises unless it is a non-empty list of integers from 1 to
+    ``MAX_IMAGE_SIDE`` (the data section's bound on any image side, and its reason)."""
     try:
         values = () if isinstance(scales, str) else tuple(int(q) for q in scales)
     except (TypeError, ValueError):
         values = ()
-    if not values or min(values) < 1:
-        raise ValueError(f"test scales must be positive integers, got {scales!r}")
+    if not values or not 1 <= min(values) <= max(values) <= MAX_IMAGE_SIDE:
+        raise ValueError(f"test scales must be positive integers (from 1 to {MAX_IMAGE_SIDE} pixels), "
+                         f"got {scales!r}")
     return values
 
 

@@ -7,7 +7,12 @@ A run folder holds one run's ``config.yaml``, ``last.pt``, ``best.pt``, ``metric
   who holds it (pid, host, start time). A second training into the same folder fails at once
   and names the first. The kernel drops the lock when its holder dies, even by SIGKILL, so a
   stale lock never blocks a resume. (``flock`` is not shared between hosts on some network
-  file systems: there, two hosts can still train into one folder.)
+  file systems: there, two hosts can still train into one folder.) The lock belongs to the
+  training process alone: a ``flock`` is held by every copy of its file descriptor, and
+  ``fork`` copies descriptors (``O_CLOEXEC`` only closes them at ``exec``), so every forked
+  child (the loader's workers, a statistics pool) closes its copy at once
+  (``os.register_at_fork``); otherwise workers orphaned by a SIGKILL would hold the lock for
+  the seconds they take to notice, and an immediate ``--resume`` would be refused.
 - **the start mode**: a new run refuses a folder that already holds a run unless told to
   replace it (``overwrite``); ``resume=True`` needs a ``last.pt`` to continue; ``resume="auto"``
   continues one if there is one and otherwise starts anew (a job script rerun after
@@ -43,15 +48,32 @@ RUN_FILES = ("last.pt", "best.pt", "config.yaml", "metrics.jsonl", "curves.png",
 RESUME_MODES = (False, True, "auto")
 
 
+# Descriptors of the locks this process holds: a forked child closes its copies of them.
+_held_lock_fds: set[int] = set()
+
+
+def _close_lock_copies_in_child() -> None:
+    for fd in _held_lock_fds:
+        try:
+            os.close(fd)  # the copy only: the parent's descriptor keeps the lock (no LOCK_UN here)
+        except OSError:
+            pass
+    _held_lock_fds.clear()
+
+
+os.register_at_fork(after_in_child=_close_lock_copies_in_child)
+
+
 class RunFolderLock:
     """An exclusive ``flock`` on ``RUN/.lock``, held from :meth:`acquire` to :meth:`release`."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / LOCK_NAME
         self._fd: int | None = None
+        self._owner: int | None = None  # the pid that took the lock
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -67,10 +89,14 @@ class RunFolderLock:
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode() + b"\n")
-        self._fd = fd
+        self._fd, self._owner = fd, os.getpid()
+        _held_lock_fds.add(fd)
 
     def release(self) -> None:
+        if self._fd is not None and self._owner != os.getpid():
+            self._fd = None  # a forked copy of this object: its descriptor is closed already
         if self._fd is not None:
+            _held_lock_fds.discard(self._fd)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

@@ -242,3 +242,9 @@ def test_one_resolver_and_no_which_parameter():
     from verydeep.models import weights
 
     assert not hasattr(weights, "weights_file") and not hasattr(weights, "read_weights")
+
+
+def test_exported_weights_are_written_atomically_with_the_umasks_mode(tmp_path):
+    path = save_weights(tiny_net(), tmp_path / "net.safetensors")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    assert [p.name for p in tmp_path.iterdir()] == ["net.safetensors"]

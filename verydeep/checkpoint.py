@@ -159,7 +159,7 @@ def _write_failure(path: Path, e: Exception) -> OutputError:
     return OutputError(errno.EIO, f"cannot write checkpoint {path}: {reason}{free}")
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
     """``write(temporary path)`` beside ``path``, fsynced, then renamed over it: a crash at any
     point leaves either the old file or the new one. The file gets the mode a plain ``open``
     would give it (0644 under the usual umask), not ``mkstemp``'s 0600."""
@@ -170,9 +170,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     except OSError as e:
         raise _write_failure(path, e) from None
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # after the write: safetensors replaces the file it is given
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -216,11 +216,11 @@ def save(path: str | Path, weights: dict[str, torch.Tensor], *, spec: dict | Non
         text = json.dumps({"spec": spec, "classes": classes, "class_names": class_names or {},
                            "preprocessing": preprocessing, **(extra or {})}, allow_nan=False)
         metadata = {META_KEY: text, FILE_DIGEST_KEY: file_sha256(weights, text)}
-        return atomic_write(path, lambda tmp: save_file(weights, str(tmp), metadata=metadata))
+        return write_atomically(path, lambda tmp: save_file(weights, str(tmp), metadata=metadata))
     obj = {"model": weights, "ema": ema, "spec": spec, "config": config, "classes": classes,
            "class_names": class_names or {}, **({"preprocessing": preprocessing} if preprocessing else {}),
            **({"train": train} if train is not None else {})}
-    return atomic_write(path, lambda tmp: _torch_save(obj, tmp))
+    return write_atomically(path, lambda tmp: _torch_save(obj, tmp))
 
 
 def save_weights(model: VGG, path: str | Path, *, classes: list[str] | None = None,

@@ -11,8 +11,8 @@ Two formats, one reader (:func:`load`) and one writer (:func:`save`):
       config       the run's configuration (its ``data`` section is the input convention:
                    normalize, mean, std, crop_size, scale_min/scale_max = S)
       classes      wnids in class-index order; class_names: wnid -> name
-      preprocessing the input convention of a net without a config (files this module wrote
-                   from an exported net), else absent
+      preprocessing the input convention of a net without a config (an exported net), else absent
+      meta         other metadata of an exported net (e.g. its source), else absent
       train        training checkpoints only: everything a resume needs and nothing evaluation
                    reads: optimizer (data-parallel runs only, else None), schedule, scaler, rng,
                    the TrainState fields (epoch, step, batch_in_epoch, best_top1_error,
@@ -35,8 +35,9 @@ net. Every failure is a :class:`~verydeep.errors.CheckpointError` (exit code 4) 
 names the file and what is wrong.
 
 Non-finite weights: refused for every use, resume included: a net with NaN/inf weights
-evaluates to nonsense and resumes into the same divergence; training never writes such a file
-on purpose, so one on disk is a diverged run of an older version, or damage.
+evaluates to nonsense and resumes into the same divergence, so such a file on disk (a
+diverged run, or damage) is named and refused; ``load(path, finite=False)`` still reads it
+for inspection.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ TENSORS_DIGEST_KEY = "verydeep_sha256"  # verydeep 0.1's files: the SHA-256 of t
 # The input convention: the DataConfig fields that say how a net's input was made.
 PREPROCESSING_KEYS = ("normalize", "mean", "std", "stats_file", "crop_size", "scale_min", "scale_max")
 # The top-level keys of a .pt file; in verydeep 0.1's flat layout everything else was training state.
-MODEL_KEYS = ("model", "ema", "spec", "config", "classes", "class_names", "preprocessing")
+MODEL_KEYS = ("model", "ema", "spec", "config", "classes", "class_names", "preprocessing", "meta")
 
 
 @dataclass
@@ -219,7 +220,7 @@ def save(path: str | Path, weights: dict[str, torch.Tensor], *, spec: dict | Non
         return write_atomically(path, lambda tmp: save_file(weights, str(tmp), metadata=metadata))
     obj = {"model": weights, "ema": ema, "spec": spec, "config": config, "classes": classes,
            "class_names": class_names or {}, **({"preprocessing": preprocessing} if preprocessing else {}),
-           **({"train": train} if train is not None else {})}
+           **({"train": train} if train is not None else {}), **({"meta": extra} if extra else {})}
     return write_atomically(path, lambda tmp: _torch_save(obj, tmp))
 
 

@@ -341,7 +341,8 @@ def load_safetensors_file(path: str | Path) -> tuple[dict[str, torch.Tensor], di
 
 
 def _bad(path: Path, what: str, value, expected: str) -> CheckpointError:
-    return CheckpointError(f"{path}: {what}={value!r} in its metadata: expected {expected}; not a file verydeep "
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    return CheckpointError(f"{path}: {what}={shown} in its metadata: expected {expected}; not a file verydeep "
                            f"wrote, or a damaged one")
 
 
@@ -400,7 +401,8 @@ def check_preprocessing(values, path: Path, where: str) -> None:
 
 
 def _check_names(ckpt: Checkpoint) -> None:
-    if ckpt.classes is not None and not (isinstance(ckpt.classes, list) and all(isinstance(c, str) for c in ckpt.classes)):
+    classes = ckpt.classes
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
         raise _bad(ckpt.path, "classes", ckpt.classes, "a list of class ids")
     if not (isinstance(ckpt.class_names, dict)
             and all(isinstance(k, str) and isinstance(v, str) for k, v in ckpt.class_names.items())):
@@ -419,9 +421,10 @@ def first_nonfinite(state: dict[str, torch.Tensor] | None) -> str | None:
 
 
 def _state_dict(obj, path: Path, what: str) -> dict[str, torch.Tensor]:
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        bad = next((k for k, v in obj.items() if not isinstance(v, torch.Tensor)), None) if isinstance(obj, dict) \
-            else type(obj).__name__
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: its {what} is a {type(obj).__name__}, not a state dict")
+    bad = next((k for k, v in obj.items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
         raise CheckpointError(f"{path}: {what} entry {bad!r} is not a tensor; not a VGG state dict")
     return clean_state_dict(obj)
 

@@ -7,9 +7,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from verydeep.checkpoint import load, load_model
 from verydeep.evaluate.checkpoints import EvalNet
 from verydeep.evaluate.export import export_onnx, export_safetensors
-from verydeep.checkpoint import load, load_model
 from verydeep.models import create_model, fully_convolutional
 
 pytestmark = pytest.mark.usefixtures("no_grad")

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from verydeep.checkpoint import load, load_model, save_weights
 from verydeep.models import (
     VGG,
     VGGSpec,
@@ -14,7 +15,6 @@ from verydeep.models import (
     init_from_shallower,
     initialise,
 )
-from verydeep.checkpoint import load, load_model, save_weights
 
 
 def _fc1(model):

@@ -13,11 +13,11 @@ import zipfile
 import pytest
 import torch
 
+from verydeep import checkpoint
+from verydeep.checkpoint import save_weights
 from verydeep.cli.main import main
 from verydeep.config import load_config
 from verydeep.errors import EXIT_CHECKPOINT, EXIT_IO, CheckpointError, OutputError
-from verydeep import checkpoint
-from verydeep.checkpoint import save_weights
 from verydeep.models import create_model
 from verydeep.train.loop import train
 

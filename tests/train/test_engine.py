@@ -8,10 +8,10 @@ import time
 import pytest
 import torch
 
+from verydeep.checkpoint import load as load_checkpoint
 from verydeep.config import load_config
 from verydeep.models import create_model
 from verydeep.train import step
-from verydeep.checkpoint import load as load_checkpoint
 from verydeep.train.loop import train
 from verydeep.train.setup import batch_plan
 from verydeep.train.step import NonFiniteLossError

@@ -21,9 +21,9 @@ import traceback
 import pytest
 import torch
 
+from verydeep.checkpoint import load as load_checkpoint
 from verydeep.config import load_config
 from verydeep.train import loop
-from verydeep.checkpoint import load as load_checkpoint
 from verydeep.train.loop import train
 
 from .conftest import TINY_OVERRIDES

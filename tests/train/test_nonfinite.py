@@ -10,12 +10,12 @@ import json
 import pytest
 import torch
 
+from verydeep.checkpoint import load as load_checkpoint
 from verydeep.cli.main import main
 from verydeep.config import load_config
 from verydeep.errors import EXIT_DIVERGED
 from verydeep.train import setup as run_setup
 from verydeep.train import step as step_module
-from verydeep.checkpoint import load as load_checkpoint
 from verydeep.train.loop import train
 from verydeep.train.optim import parameter_groups
 from verydeep.train.step import NonFiniteLossError, TooManySkippedSteps

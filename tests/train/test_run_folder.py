@@ -10,12 +10,12 @@ import signal
 
 import pytest
 
+from verydeep.checkpoint import load as load_checkpoint
 from verydeep.cli.main import main
 from verydeep.config import load_config
 from verydeep.errors import (EXIT_CHECKPOINT, EXIT_IO, EXIT_RUN_FOLDER, CheckpointError, Interrupted, RunFolderError,
                              exit_code_for_signal)
 from verydeep.train import loop
-from verydeep.checkpoint import load as load_checkpoint
 from verydeep.train.loop import train
 from verydeep.train.run_folder import RunFolderLock
 

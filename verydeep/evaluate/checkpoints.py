@@ -26,9 +26,9 @@ from torch import nn
 
 from verydeep.checkpoint import PREPROCESSING_KEYS, build_model, load, resolve
 from verydeep.config import config_from_dict
-from verydeep.errors import CheckpointError
 from verydeep.data import DataConfig
 from verydeep.data.config import IMAGENET_MEAN, IMAGENET_STD
+from verydeep.errors import CheckpointError
 from verydeep.models import VGG
 
 log = logging.getLogger(__name__)

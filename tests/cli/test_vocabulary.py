@@ -128,25 +128,25 @@ def test_export_without_onnx_names_the_extra(monkeypatch, tmp_path, capsys):
 
 
 def test_a_run_folder_stands_for_its_best_checkpoint_everywhere(tmp_path):
-    """--checkpoint, model.init_from and model.weights: one rule (verydeep.models.weights.weights_file)."""
+    """--checkpoint, model.init_from and model.weights: one rule (verydeep.checkpoint.resolve)."""
     import torch
 
-    from verydeep.models import create_model, save_weights
+    from verydeep.checkpoint import resolve, save_weights
+    from verydeep.models import create_model
     from verydeep.models.config import ModelConfig
     from verydeep.models.from_config import model_from_config
-    from verydeep.models.weights import weights_file
 
     run = tmp_path / "runs" / "A"
     run.mkdir(parents=True)
     torch.manual_seed(0)
     a = create_model("A", num_classes=3, width=1 / 16, head_size=1, fc_features=16)
     save_weights(a, run / "last.pt")
-    assert weights_file(run) == run / "last.pt"  # before the first validation
+    assert resolve(run) == run / "last.pt"  # before the first validation
     save_weights(a, run / "best.pt")
-    assert weights_file(run) == run / "best.pt" and weights_file(run / "last.pt") == run / "last.pt"
+    assert resolve(run) == run / "best.pt" and resolve(run / "last.pt") == run / "last.pt"
     same = model_from_config(ModelConfig(name="A", width=1 / 16, fc_features=16, weights=str(run)), 3, 32)
     torch.testing.assert_close(same.state_dict(), a.state_dict())
     deeper = model_from_config(ModelConfig(name="B", width=1 / 16, fc_features=16, init_from=str(run)), 3, 32)
     torch.testing.assert_close(deeper.features[0].weight, a.features[0].weight)
     with pytest.raises(FileNotFoundError, match="holds no best.pt or last.pt"):
-        weights_file(tmp_path / "runs")
+        resolve(tmp_path / "runs")

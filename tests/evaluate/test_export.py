@@ -7,9 +7,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from verydeep.checkpoint import load, load_model
 from verydeep.evaluate.checkpoints import EvalNet
 from verydeep.evaluate.export import export_onnx, export_safetensors
-from verydeep.models import create_model, fully_convolutional, load_model
+from verydeep.models import create_model, fully_convolutional
 
 pytestmark = pytest.mark.usefixtures("no_grad")
 
@@ -51,12 +52,11 @@ def test_onnx_dense_form_has_dynamic_height_and_width(net, tmp_path):
 
 
 def test_safetensors_round_trip_keeps_classes_and_preprocessing(net, tmp_path):
-    from verydeep.models import read_weights
 
     path = export_safetensors(net, tmp_path / "w.safetensors")
-    _, meta = read_weights(path)
-    assert meta["classes"] == net.classes and meta["class_names"] == {"n00000003": "three"}
-    assert meta["preprocessing"]["crop_size"] == 64
+    saved = load(path)
+    assert saved.classes == net.classes and saved.class_names == {"n00000003": "three"}
+    assert saved.preprocessing["crop_size"] == 64
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(load_model(path).eval()(x), net.model(x))
 

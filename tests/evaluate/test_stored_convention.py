@@ -13,6 +13,7 @@ import yaml
 from PIL import Image
 
 from tests.evaluate.conftest import write_dataset
+from verydeep.checkpoint import load
 from verydeep.config import load_config
 from verydeep.data import eval_transform, load_image
 from verydeep.data.stats import resolve_stats
@@ -64,8 +65,7 @@ def test_the_run_records_the_resolved_convention(caffe_run):
     saved = yaml.safe_load((run / "config.yaml").read_text())["data"]
     assert saved["normalize"] == "caffe" and saved["stats_file"] is None
     assert saved["mean"] != pytest.approx([0.485, 0.456, 0.406], abs=1e-3)  # not torchvision's constants
-    state = torch.load(run / "best.pt", weights_only=True)
-    assert state["config"]["data"]["mean"] == saved["mean"]
+    assert load(run / "best.pt").config["data"]["mean"] == saved["mean"]
     net = load_eval_net(run)
     assert net.data.normalize == "caffe" and net.data.mean == pytest.approx(saved["mean"])
 

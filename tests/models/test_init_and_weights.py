@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from verydeep.checkpoint import load, load_model, save_weights
 from verydeep.models import (
     VGG,
     VGGSpec,
@@ -13,9 +14,6 @@ from verydeep.models import (
     create_model,
     init_from_shallower,
     initialise,
-    load_model,
-    read_weights,
-    save_weights,
 )
 
 
@@ -98,13 +96,12 @@ def test_from_shallower_refuses_missing_counterpart():
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_weights_roundtrip(tmp_path, suffix):
     model = create_model("C_bn", num_classes=4, width=1 / 16, head_size=1)
-    path = save_weights(model, tmp_path / f"net{suffix}", meta={"classes": ["a", "b", "c", "d"]})
+    path = save_weights(model, tmp_path / f"net{suffix}", classes=["a", "b", "c", "d"])
     loaded = load_model(path)
     assert loaded.spec == model.spec
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v)
-    _, meta = read_weights(path)
-    assert meta["classes"] == ["a", "b", "c", "d"]
+    assert load(path).classes == ["a", "b", "c", "d"]
 
 
 class _Payload:
@@ -117,12 +114,12 @@ def test_malicious_pickle_is_refused(tmp_path, monkeypatch):
     path = tmp_path / "evil.pt"
     torch.save({"model": {"features.0.weight": torch.zeros(1)}, "x": _Payload()}, path)
     with pytest.raises(ValueError, match="refused to load"):
-        read_weights(path)
+        load(path)
     assert not (tmp_path / "PWNED_BY_PICKLE").exists()
     with open(tmp_path / "evil2.pkl", "wb") as f:
         pickle.dump(_Payload(), f)
     with pytest.raises(ValueError, match="refused"):
-        read_weights(tmp_path / "evil2.pkl")
+        load(tmp_path / "evil2.pkl")
     assert not (tmp_path / "PWNED_BY_PICKLE").exists()
 
 

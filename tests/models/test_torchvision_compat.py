@@ -4,7 +4,8 @@ import pytest
 import torch
 import torchvision
 
-from verydeep.models import create_model, load_model, save_weights
+from verydeep.checkpoint import load_model, save_weights
+from verydeep.models import create_model
 
 pytestmark = pytest.mark.usefixtures("all_threads", "no_grad")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from verydeep.train.checkpoint import load_checkpoint
+from verydeep.checkpoint import load as load_checkpoint
 
 from ..train.conftest import TINY_OVERRIDES, write_tiny_imagenet
 
@@ -38,10 +38,10 @@ def test_two_ranks_equal_one_process(tmp_path):
     _run([sys.executable, *_train_args(data, tmp_path / "one")])
     two = _run([*TORCHRUN, *_train_args(data, tmp_path / "two")])
     a, b = load_checkpoint(tmp_path / "one" / "last.pt"), load_checkpoint(tmp_path / "two" / "last.pt")
-    assert a["step"] == b["step"] == 8
-    assert b["world_size"] == 2
-    for k in a["model"]:
-        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=1e-6, msg=k)
+    assert a.train["step"] == b.train["step"] == 8
+    assert b.train["world_size"] == 2
+    for k in a.weights:
+        torch.testing.assert_close(a.weights[k], b.weights[k], rtol=0, atol=1e-6, msg=k)
     va = [line for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
     vb = [line for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
     import json
@@ -59,7 +59,7 @@ def test_ddp_checkpoint_resumes_in_a_single_process(tmp_path):
     _run([*TORCHRUN, *_train_args(data, tmp_path / "run", "--set", "train.epochs=1")])
     _run([sys.executable, *_train_args(data, tmp_path / "run"), "--resume"])
     state = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert state["step"] == 8 and state["world_size"] == 1
+    assert state.train["step"] == 8 and state.train["world_size"] == 1
 
 
 @pytest.mark.slow
@@ -69,13 +69,13 @@ def test_model_parallel_checkpoints_resume_in_other_modes_through_the_cli(tmp_pa
     run = tmp_path / "run"
     _run([*TORCHRUN, *_train_args(data, run, "--set", "train.epochs=1", "--set", "parallel.pipeline_stages=2",
                                   "--set", "parallel.microbatches=3")])
-    assert load_checkpoint(run / "last.pt")["parallel_mode"] == "pipeline"
+    assert load_checkpoint(run / "last.pt").train["parallel_mode"] == "pipeline"
     _run([*TORCHRUN, *_train_args(data, run, "--set", "train.epochs=2", "--set", "parallel.tensor_parallel_fc=true"),
           "--resume"])
-    assert load_checkpoint(run / "last.pt")["parallel_mode"] == "hybrid"
+    assert load_checkpoint(run / "last.pt").train["parallel_mode"] == "hybrid"
     _run([sys.executable, *_train_args(data, run, "--set", "train.epochs=3"), "--resume"])
     state = load_checkpoint(run / "last.pt")
-    assert state["step"] == 12 and state["parallel_mode"] == "data_parallel"
-    from verydeep.models import load_model
+    assert state.train["step"] == 12 and state.train["parallel_mode"] == "data_parallel"
+    from verydeep.checkpoint import load_model
 
     assert load_model(run / "last.pt").spec.config == "A"

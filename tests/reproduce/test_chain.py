@@ -68,8 +68,11 @@ def test_finished_runs_are_skipped_and_an_interrupted_one_resumed(tiny_data, tmp
         return out
 
     monkeypatch.setattr(loop, "train_step", step_then_sigterm)
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted) as stopped:
         train_chain(plan_chain(TINY, tiny_data, tmp_path, wanted))
+    # the way to continue that exists: reproduce has no --resume
+    message = str(stopped.value)
+    assert "--resume" not in message and "run the same verydeep reproduce command again" in message
     monkeypatch.setattr(loop, "train_step", real_step)
     plan = plan_chain(TINY, tiny_data, tmp_path, wanted)
     assert [(r.name, r.status) for r in plan] == [("paper_A_S256", DONE), ("paper_B_S256", INTERRUPTED)]

@@ -13,11 +13,12 @@ import zipfile
 import pytest
 import torch
 
+from verydeep import checkpoint
+from verydeep.checkpoint import save_weights
 from verydeep.cli.main import main
 from verydeep.config import load_config
 from verydeep.errors import EXIT_CHECKPOINT, EXIT_IO, CheckpointError, OutputError
-from verydeep.models import create_model, save_weights
-from verydeep.train import checkpoint as ckpt
+from verydeep.models import create_model
 from verydeep.train.loop import train
 
 from .conftest import TINY_OVERRIDES
@@ -112,7 +113,7 @@ def test_damaged_files_end_in_one_line_on_every_entry_point(command, kind, trunc
 
 def test_a_random_bytes_checkpoint_is_named_without_pytorchs_advice(truncated):
     with pytest.raises(CheckpointError) as e:
-        ckpt.load_checkpoint(truncated["noise"])
+        checkpoint.load(truncated["noise"])
     assert str(e.value) == f"{truncated['noise']}: not a PyTorch checkpoint (damaged, or another format)"
 
 
@@ -120,7 +121,7 @@ def test_a_random_bytes_checkpoint_is_named_without_pytorchs_advice(truncated):
 def test_checkpoints_are_written_with_the_modes_the_umask_allows(tmp_path, umask, mode):
     old = os.umask(umask)
     try:
-        path = ckpt.atomic_save({"w": torch.ones(3)}, tmp_path / "last.pt")
+        path = checkpoint.save(tmp_path / "last.pt", {"w": torch.ones(3)})
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == mode
@@ -147,7 +148,7 @@ def test_a_full_disk_ends_in_one_line_and_keeps_the_last_checkpoint(tiny_imagene
                                            f"PytorchStreamWriter failed writing file data/3")
     assert "MiB free on its disk" in err
     monkeypatch.undo()
-    assert ckpt.load_checkpoint(run / "last.pt")["step"] == 1  # the first write stands
+    assert checkpoint.load(run / "last.pt").train["step"] == 1  # the first write stands
     assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
 
 
@@ -157,6 +158,6 @@ def test_a_read_only_folder_ends_in_one_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
     with pytest.raises(OutputError) as e:
-        ckpt.atomic_save({"w": torch.ones(1)}, tmp_path / "last.pt")
+        checkpoint.save(tmp_path / "last.pt", {"w": torch.ones(1)})
     assert e.value.exit_code == EXIT_IO
     assert str(e.value).endswith(f"cannot write checkpoint {tmp_path / 'last.pt'}: Read-only file system")

@@ -44,7 +44,7 @@ def test_ema_weights_are_the_hand_computed_average():
 
 def test_a_run_validates_checkpoints_and_evaluates_its_ema(tiny_imagenet, tmp_path, capsys):
     from verydeep.cli.main import main
-    from verydeep.train.checkpoint import load_checkpoint
+    from verydeep.checkpoint import load as load_checkpoint
 
     cfg = load_config(None, [*TINY_OVERRIDES, f"data.root={tiny_imagenet}", "train.ema_decay=0.5",
                              "train.plot=false", "train.epochs=1"])
@@ -53,8 +53,8 @@ def test_a_run_validates_checkpoints_and_evaluates_its_ema(tiny_imagenet, tmp_pa
     val = [r for r in val if r["kind"] == "val"]
     assert {"ema_val_loss", "ema_val_top1_error", "ema_val_top5_error"} <= set(val[-1])
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert ckpt["ema_updates"] == 4 and set(ckpt["ema"]) == set(ckpt["model"])
-    assert any(not torch.equal(ckpt["ema"][k], ckpt["model"][k]) for k in ckpt["model"])
+    assert ckpt.train["ema_updates"] == 4 and set(ckpt.ema) == set(ckpt.weights)
+    assert any(not torch.equal(ckpt.ema[k], ckpt.weights[k]) for k in ckpt.weights)
     capsys.readouterr()
     rows = {}
     for extra in ([], ["--ema"]):

@@ -8,10 +8,10 @@ import time
 import pytest
 import torch
 
+from verydeep.checkpoint import load as load_checkpoint
 from verydeep.config import load_config
 from verydeep.models import create_model
 from verydeep.train import step
-from verydeep.train.checkpoint import load_checkpoint
 from verydeep.train.loop import train
 from verydeep.train.setup import batch_plan
 from verydeep.train.step import NonFiniteLossError
@@ -41,7 +41,7 @@ def test_a_tiny_run_writes_everything(tiny_imagenet, tmp_path):
     assert all(r["lr"] == 0.01 for r in train_recs)
     assert result.steps == 8 and result.epochs_done == 2
     state = load_checkpoint(run / "last.pt")
-    assert state["step"] == 8 and state["classes"] == ["n00000000", "n00000001", "n00000002"]
+    assert state.train["step"] == 8 and state.classes == ["n00000000", "n00000001", "n00000002"]
     assert result.best_top1_error == min(r["val_top1_error"] for r in val)
 
 
@@ -95,7 +95,7 @@ def test_batch_plan():
 def test_micro_batches_give_the_same_run(tiny_imagenet, tmp_path):
     a = train(_cfg(tiny_imagenet, "train.plot=false", "train.epochs=1"), tmp_path / "a")
     b = train(_cfg(tiny_imagenet, "train.plot=false", "train.epochs=1", "train.micro_batch_size=2"), tmp_path / "b")
-    wa, wb = load_checkpoint(a.run_dir / "last.pt")["model"], load_checkpoint(b.run_dir / "last.pt")["model"]
+    wa, wb = load_checkpoint(a.run_dir / "last.pt").weights, load_checkpoint(b.run_dir / "last.pt").weights
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
 
@@ -114,8 +114,8 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tiny_imagenet
     with pytest.raises(NonFiniteLossError, match="at step 2 "):
         train(cfg, tmp_path / "run")
     state = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert state["step"] == 2
-    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert state.train["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state.weights.values() if v.is_floating_point())
 
 
 def test_nan_loss_skip_mode(tiny_imagenet, tmp_path, monkeypatch):
@@ -137,7 +137,7 @@ def test_nan_loss_skip_mode(tiny_imagenet, tmp_path, monkeypatch):
 
 
 def _weights(path):
-    return load_checkpoint(path)["model"]
+    return load_checkpoint(path).weights
 
 
 @pytest.mark.slow
@@ -165,9 +165,9 @@ def test_resume_after_sigkill_is_bitwise_exact(tiny_imagenet, tmp_path):
                 state = load_checkpoint(last)
             except ValueError:
                 state = None  # caught between write and rename: never happens with atomic writes
-            if state and state["step"] >= 6 and state["batch_in_epoch"] not in (0,):
+            if state and state.train["step"] >= 6 and state.train["batch_in_epoch"] not in (0,):
                 proc.send_signal(signal.SIGKILL)
-                killed_at = state["step"]
+                killed_at = state.train["step"]
                 break
         time.sleep(0.01)
     proc.wait(timeout=60)
@@ -177,6 +177,6 @@ def test_resume_after_sigkill_is_bitwise_exact(tiny_imagenet, tmp_path):
                              capture_output=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
     a, b = _weights(tmp_path / "full" / "last.pt"), _weights(last)
-    assert load_checkpoint(last)["step"] == 12
+    assert load_checkpoint(last).train["step"] == 12
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs after resume (killed at step {killed_at})"

@@ -21,9 +21,9 @@ import traceback
 import pytest
 import torch
 
+from verydeep.checkpoint import load as load_checkpoint
 from verydeep.config import load_config
 from verydeep.train import loop
-from verydeep.train.checkpoint import load_checkpoint
 from verydeep.train.loop import train
 
 from .conftest import TINY_OVERRIDES
@@ -97,16 +97,16 @@ def reference(tiny_imagenet, tmp_path_factory):
 
 def _assert_like_reference(run, reference_run, where: str) -> None:
     last, ref_last = load_checkpoint(run / "last.pt"), load_checkpoint(reference_run / "last.pt")
-    assert last["step"] == ref_last["step"], where
-    for k, v in ref_last["model"].items():
-        assert torch.equal(v, last["model"][k]), f"{where}: last.pt {k} differs"
+    assert last.train["step"] == ref_last.train["step"], where
+    for k, v in ref_last.weights.items():
+        assert torch.equal(v, last.weights[k]), f"{where}: last.pt {k} differs"
     assert (run / "best.pt").is_file(), f"{where}: best.pt lost"
     best, ref_best = load_checkpoint(run / "best.pt"), load_checkpoint(reference_run / "best.pt")
     records = _records(run)
     recorded_best = min(r["val_top1_error"] for r in records if r["kind"] == "val")
-    assert best["best_top1_error"] == last["best_top1_error"] == recorded_best, where
-    for k, v in ref_best["model"].items():
-        assert torch.equal(v, best["model"][k]), f"{where}: best.pt {k} differs"
+    assert best.train["best_top1_error"] == last.train["best_top1_error"] == recorded_best, where
+    for k, v in ref_best.weights.items():
+        assert torch.equal(v, best.weights[k]), f"{where}: best.pt {k} differs"
     assert records == _records(reference_run), f"{where}: metrics.jsonl differs (records lost or repeated)"
     assert not list(run.glob(".*.tmp")), f"{where}: temporary files left"
 

@@ -4,9 +4,9 @@ is bitwise what it was and every FC layer has moved."""
 
 import torch
 
+from verydeep.checkpoint import load, save_weights
 from verydeep.config import load_config
 from verydeep.models import create_model
-from verydeep.models.weights import read_weights, save_weights
 from verydeep.train.config import OptimConfig
 from verydeep.train.loop import train
 from verydeep.train.optim import build_optimizer, freeze_convolutions
@@ -29,8 +29,8 @@ def test_one_step_moves_the_fc_layers_only(tiny_imagenet, tmp_path):
                              "model.freeze_convs=true", "train.max_iterations=1", "train.plot=false",
                              "optim.weight_decay=0.0005", "optim.momentum=0.9"])
     train(cfg, tmp_path / "run")
-    before, _ = read_weights(tmp_path / "start.safetensors")
-    after, _ = read_weights(tmp_path / "run" / "last.pt")
+    before = load(tmp_path / "start.safetensors").weights
+    after = load(tmp_path / "run" / "last.pt").weights
     for key, value in before.items():
         if key.startswith("features."):
             assert torch.equal(after[key], value), key

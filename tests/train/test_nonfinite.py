@@ -10,12 +10,12 @@ import json
 import pytest
 import torch
 
+from verydeep.checkpoint import load as load_checkpoint
 from verydeep.cli.main import main
 from verydeep.config import load_config
 from verydeep.errors import EXIT_DIVERGED
 from verydeep.train import setup as run_setup
 from verydeep.train import step as step_module
-from verydeep.train.checkpoint import load_checkpoint
 from verydeep.train.loop import train
 from verydeep.train.optim import parameter_groups
 from verydeep.train.step import NonFiniteLossError, TooManySkippedSteps
@@ -67,8 +67,8 @@ def test_device_guard_never_checkpoints_past_a_non_finite_step(tiny_imagenet, tm
     with pytest.raises(NonFiniteLossError, match="at step 2 ") as e:
         train(_cfg(tiny_imagenet, "train.checkpoint_every_steps=1", "train.log_every=10"), tmp_path / "run")
     state = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert state["step"] == 2 and f"{tmp_path / 'run' / 'last.pt'} holds the last good state" in str(e.value)
-    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert state.train["step"] == 2 and f"{tmp_path / 'run' / 'last.pt'} holds the last good state" in str(e.value)
+    assert all(torch.isfinite(v).all() for v in state.weights.values() if v.is_floating_point())
 
 
 def _train_cli(root, out, *sets):
@@ -102,7 +102,7 @@ def test_too_many_skipped_steps_fail_the_run(tiny_imagenet, tmp_path, monkeypatc
     train_records = [r for r in records if r["kind"] == "train"]
     assert [r["skipped"] for r in train_records] == [1, 1, 1, 1, 0, 1, 1, 1]
     assert [r["loss"] is None for r in train_records] == [True] * 4 + [False] + [True] * 3  # never 0.0
-    assert load_checkpoint(tmp_path / "run" / "last.pt")["skipped_steps"] == 7
+    assert load_checkpoint(tmp_path / "run" / "last.pt").train["skipped_steps"] == 7
 
 
 def test_the_skipped_count_reaches_the_cli_as_exit_code_5(tiny_imagenet, tmp_path, monkeypatch, capsys):

@@ -10,12 +10,12 @@ import signal
 
 import pytest
 
+from verydeep.checkpoint import load as load_checkpoint
 from verydeep.cli.main import main
 from verydeep.config import load_config
 from verydeep.errors import (EXIT_CHECKPOINT, EXIT_IO, EXIT_RUN_FOLDER, CheckpointError, Interrupted, RunFolderError,
                              exit_code_for_signal)
 from verydeep.train import loop
-from verydeep.train.checkpoint import load_checkpoint
 from verydeep.train.loop import train
 from verydeep.train.run_folder import RunFolderLock
 
@@ -65,7 +65,7 @@ def test_a_finished_run_is_not_replaced_without_overwrite(tiny_imagenet, tmp_pat
     assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
     assert (run / "last.pt").read_bytes() == before
     assert _cli(tiny_imagenet, run, "--overwrite", sets=["optim.lr=0.02"]) == 0
-    assert load_checkpoint(run / "last.pt")["config"]["optim"]["lr"] == 0.02
+    assert load_checkpoint(run / "last.pt").config["optim"]["lr"] == 0.02
     assert (run / "notes.txt").read_text() == "mine"  # only run files are replaced
     records = (run / "metrics.jsonl").read_text().splitlines()
     assert len([r for r in records if '"kind": "val"' in r]) == 1  # not appended to the old run's
@@ -77,9 +77,9 @@ def test_resume_with_nothing_to_resume_fails_unless_asked_to_start(tiny_imagenet
     assert "nothing to resume" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (typo / "last.pt").exists()
     assert _cli(tiny_imagenet, typo, "--auto-resume") == 0  # a job script's "resume if you can"
-    assert load_checkpoint(typo / "last.pt")["step"] == 4
+    assert load_checkpoint(typo / "last.pt").train["step"] == 4
     assert _cli(tiny_imagenet, typo, "--auto-resume", sets=["train.epochs=2"]) == 0  # now it continues
-    assert load_checkpoint(typo / "last.pt")["step"] == 8
+    assert load_checkpoint(typo / "last.pt").train["step"] == 8
 
 
 def test_resume_names_the_config_keys_that_differ(tiny_imagenet, tmp_path):
@@ -133,7 +133,7 @@ def test_a_signal_ends_the_run_with_128_plus_its_number_and_an_honest_summary(ti
     summary = caplog.records[-1].getMessage()
     assert "best val top-1 error n/a (no validation yet)" in summary and "n/a%" not in summary
     assert "best.pt" not in summary and str(run / "last.pt") in summary  # names only what exists
-    assert not (run / "best.pt").exists() and load_checkpoint(run / "last.pt")["step"] == 2
+    assert not (run / "best.pt").exists() and load_checkpoint(run / "last.pt").train["step"] == 2
     monkeypatch.setattr(loop, "train_step", real)
     assert _cli(tiny_imagenet, run, "--resume") == 0
 

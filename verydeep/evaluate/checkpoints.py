@@ -24,20 +24,19 @@ from pathlib import Path
 
 from torch import nn
 
+from verydeep.checkpoint import PREPROCESSING_KEYS, build_model, load, resolve
 from verydeep.config import config_from_dict
 from verydeep.data import DataConfig
 from verydeep.data.config import IMAGENET_MEAN, IMAGENET_STD
-from verydeep.models import VGG, read_weights
-from verydeep.models.weights import model_from_state
-from verydeep.train.checkpoint import find_checkpoint
+from verydeep.errors import CheckpointError
+from verydeep.models import VGG
 
 log = logging.getLogger(__name__)
 
-# DataConfig fields that describe how a net's input was made (the rest say where data lives
-# and how it is loaded, which belongs to the dataset being evaluated). A net's stats_file is
-# always None (below), and copying it over the dataset's keeps a dataset's statistics from
-# replacing the net's mean and std.
-PREPROCESSING_KEYS = ("normalize", "mean", "std", "stats_file", "crop_size", "scale_min", "scale_max")
+# PREPROCESSING_KEYS (verydeep.checkpoint): the DataConfig fields that describe how a net's
+# input was made (the rest say where data lives and how it is loaded, which belongs to the
+# dataset being evaluated). A net's stats_file is always None (below), and copying it over the
+# dataset's keeps a dataset's statistics from replacing the net's mean and std.
 # DataConfig fields naming files and folders. A checkpoint supplies the model, its classes and
 # its preprocessing, never these: evaluation reads and writes only where the command line and
 # the local defaults say (a stored data.index_cache or val_dir would steer it elsewhere).
@@ -102,28 +101,29 @@ def _torchvision_names(num_classes: int) -> list[str] | None:
         return None
 
 
-def load_eval_net(path: str | Path, *, caffe_bgr: bool = False, which: str = "best", ema: bool = False) -> EvalNet:
+def load_eval_net(path: str | Path, *, caffe_bgr: bool = False, ema: bool = False) -> EvalNet:
     """Load a run directory, checkpoint, exported file or foreign VGG state dict (``ema``: a
-    training checkpoint's moving average of the weights instead of the weights)."""
-    file = find_checkpoint(path, which)
-    state, meta = read_weights(file, ema=ema)
-    model = model_from_state(state, meta, caffe_bgr=caffe_bgr, source=file).eval()
+    training checkpoint's moving average of the weights instead of the weights), checked by
+    ``verydeep.checkpoint.load``: damaged files, bad metadata and non-finite weights are refused."""
+    file = resolve(path)
+    ckpt = load(file)
+    model = build_model(ckpt, ema=ema, caffe_bgr=caffe_bgr).eval()
     spec = model.spec
-    config = meta.get("config") or {}
+    config = ckpt.config or {}
     if caffe_bgr:
         data, convention = data_config(CAFFE), "caffe"
-    elif isinstance(config, dict) and config.get("data"):
+    elif config.get("data"):
         data, convention = data_config(config["data"], file), "recipe"
-    elif meta.get("preprocessing"):
-        data, convention = data_config(meta["preprocessing"]), "exported"
+    elif ckpt.preprocessing:
+        data, convention = data_config(ckpt.preprocessing), "exported"
     else:
         data, convention = data_config(TORCHVISION), "torchvision"
-        if meta.get("spec"):
+        if ckpt.spec:
             log.warning("%s records no preprocessing; assuming torchvision's (mean/std, 256/224)", file)
-    classes = meta.get("classes")
+    classes = ckpt.classes
     if classes is not None and len(classes) != spec.num_classes:
-        raise ValueError(f"{file}: lists {len(classes)} classes but the net predicts {spec.num_classes}")
-    names = meta.get("class_names") or {}
+        raise CheckpointError(f"{file}: lists {len(classes)} classes but the net predicts {spec.num_classes}")
+    names = ckpt.class_names
     log.info("loaded %s (net %s%s, %d classes, %s preprocessing)", file, spec.config,
              "-BN" if spec.batch_norm else "", spec.num_classes, convention)
     return EvalNet(model=model, data=data, classes=list(classes) if classes else None,

@@ -28,7 +28,8 @@ import torch
 
 from verydeep.errors import UsageError
 from verydeep.evaluate.checkpoints import EvalNet, as_eval_nets
-from verydeep.models import fully_convolutional, save_weights
+from verydeep.checkpoint import save_weights
+from verydeep.models import fully_convolutional
 
 FORMS = ("classifier", "dense")
 EXPORTERS = ("dynamo", "torchscript")
@@ -100,8 +101,9 @@ def export_onnx(net, path: str | Path, *, form: str = "classifier", image_size: 
 
 
 def export_safetensors(net, path: str | Path) -> Path:
-    """Weights + spec + classes + preprocessing in one safetensors file (``load_model`` reads it)."""
+    """Weights + spec + classes + preprocessing in one safetensors file (``verydeep.checkpoint.load_model`` reads it)."""
     (net,) = as_eval_nets(net)
     meta = export_metadata(net)
     meta.pop("spec")
-    return save_weights(net.model, Path(path), meta=meta)
+    return save_weights(net.model, Path(path), classes=meta.pop("classes"), class_names=meta.pop("class_names"),
+                        preprocessing=meta.pop("preprocessing"), extra=meta)

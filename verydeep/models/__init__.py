@@ -8,13 +8,7 @@ from verydeep.models.fully_convolutional import FullyConvolutionalVGG, fully_con
 from verydeep.models.init import init_from_shallower, initialise, shallower_mapping
 from verydeep.models.registry import list_models, resolve
 from verydeep.models.vgg import VGG, VGGSpec
-from verydeep.models.weights import (
-    caffe_bgr_to_rgb,
-    infer_spec,
-    load_model,
-    read_weights,
-    save_weights,
-)
+from verydeep.models.weights import caffe_bgr_to_rgb, infer_spec
 
 
 def create_model(name: str = "vgg16", num_classes: int = 1000, batch_norm: bool | None = None,
@@ -39,6 +33,6 @@ def count_parameters(model) -> int:
 __all__ = [
     "VGG", "VGGSpec", "FullyConvolutionalVGG", "create_model", "fully_convolutional",
     "initialise", "init_from_shallower", "shallower_mapping", "list_models",
-    "resolve", "save_weights", "read_weights", "load_model", "infer_spec", "caffe_bgr_to_rgb",
+    "resolve", "infer_spec", "caffe_bgr_to_rgb",
     "count_parameters", "forward_macs", "ModelConfig",
 ]

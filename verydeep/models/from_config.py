@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 
+from verydeep.checkpoint import load, load_model
 from verydeep.models.config import ModelConfig
 from verydeep.models.init import init_from_shallower, initialise
 from verydeep.models.registry import resolve
 from verydeep.models.vgg import VGG, VGGSpec
-from verydeep.models.weights import caffe_bgr_to_rgb, load_model, read_weights
+from verydeep.models.weights import caffe_bgr_to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def model_from_config(cfg: ModelConfig, num_classes: int, crop_size: int) -> VGG
         copied = init_from_shallower(model, source, num_convs=cfg.init_from_convs)
         log.info("initialised %d tensors from %s (net %s)", len(copied), cfg.init_from, source.spec.config)
     elif cfg.weights:
-        state, _ = read_weights(cfg.weights)
+        state = load(cfg.weights).weights
         if cfg.caffe_bgr:
             state = caffe_bgr_to_rgb(state)
         try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from verydeep.data import discover
+from verydeep.errors import Interrupted
 from verydeep.evaluate import EvalOptions, RowSpec, evaluate_rows, load_eval_net
 from verydeep.evaluate.posteriors_file import (
     fuse_saved,
@@ -55,6 +56,10 @@ def train_chain(plan: list[PlannedRun]) -> dict[str, dict]:
         t = time.perf_counter()
         try:
             result = train(run.config(), run.run_dir, resume="auto")
+        except Interrupted as e:  # training's advice (--resume) is not this command's way to continue
+            raise Interrupted(e.signal_name, f"{run.name} interrupted by {e.signal_name}: checkpoint "
+                                             f"{run.run_dir / 'last.pt'} written; run the same verydeep reproduce "
+                                             f"command again to resume it (finished runs are skipped)") from None
         finally:  # an interrupted attempt's time counts too
             record["train_seconds"] = record.get("train_seconds", 0.0) + time.perf_counter() - t
             if run.run_dir.is_dir():

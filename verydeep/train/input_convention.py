@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 
+from verydeep.checkpoint import Checkpoint, load
 from verydeep.config import Config
 from verydeep.data.config import NORMALIZATIONS
 from verydeep.errors import CheckpointError
-from verydeep.models.weights import read_weights
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +27,11 @@ CAFFE_MEAN_PIXEL = [123.68 / 255, 116.779 / 255, 103.939 / 255]
 MEAN_TOLERANCE_LEVELS = 3.0
 
 
-def recorded_convention(meta: dict, *, caffe_bgr: bool = False) -> dict | None:
-    """``{"normalize", "mean", "std"}`` recorded in a weights file's metadata; None if it records none."""
+def recorded_convention(ckpt: Checkpoint, *, caffe_bgr: bool = False) -> dict | None:
+    """``{"normalize", "mean", "std"}`` recorded in a weights file; None if it records none."""
     if caffe_bgr:
         return {"normalize": "caffe", "mean": CAFFE_MEAN_PIXEL, "std": [1.0, 1.0, 1.0]}
-    config = meta.get("config")
-    data = config.get("data") if isinstance(config, dict) else None
-    data = data or meta.get("preprocessing")
+    data = ckpt.input_convention
     if not isinstance(data, dict) or data.get("normalize") not in NORMALIZATIONS:
         return None
     return {k: data.get(k) for k in ("normalize", "mean", "std")}
@@ -64,8 +62,7 @@ def check_start_weights(cfg: Config, *, warn: bool = True) -> None:
     if not source:
         return
     key = "model.init_from" if cfg.model.init_from else "model.weights"
-    _, meta = read_weights(source)
-    recorded = recorded_convention(meta, caffe_bgr=cfg.model.caffe_bgr)
+    recorded = recorded_convention(load(source), caffe_bgr=cfg.model.caffe_bgr)
     run = {"normalize": cfg.data.normalize, "mean": cfg.data.mean, "std": cfg.data.std}
     if recorded is None:
         if warn:

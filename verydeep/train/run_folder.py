@@ -39,7 +39,7 @@ import torch
 
 from verydeep.errors import RunFolderError, UsageError
 from verydeep.parallel.distributed import DistInfo, all_reduce_sum
-from verydeep.train.checkpoint import remove_orphan_temporaries
+from verydeep.checkpoint import remove_orphan_temporaries
 
 log = logging.getLogger(__name__)
 

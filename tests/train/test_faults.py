@@ -188,4 +188,4 @@ def test_a_training_with_loader_workers_killed_mid_epoch_resumes_at_once(tiny_im
         fcntl.flock(f, fcntl.LOCK_UN)
     resumed = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert load_checkpoint(run / "last.pt")["epoch"] == 6
+    assert load_checkpoint(run / "last.pt").train["epoch"] == 6

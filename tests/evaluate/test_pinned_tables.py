@@ -71,10 +71,19 @@ def test_every_table_is_as_pinned(pinned_dataset, dtype, no_grad):
     assert len(got) == len(pinned) == 12
     for row, ref in zip(got, pinned):
         where = f"{ref['protocol']} Q={ref['scales']} {ref['net_scales']}"
-        assert {k: row[k] for k in KEYS} == pytest.approx({k: ref[k] for k in KEYS}), where
-        assert row["top5"] == ref["top5"], where  # every image's decision, not only the counts
-        # float16 storage rounds a posterior by at most 2**-11 of itself
-        assert np.allclose(row["top5_prob"], ref["top5_prob"], atol=6e-4 if dtype == "float16" else 2e-5), where
+        for k in KEYS:
+            assert row[k] == (pytest.approx(ref[k]) if k.endswith("_error") else ref[k]), (where, k)
+        if dtype == "float32":  # the default: every image's classes in the same order, not only the counts
+            assert row["top5"] == ref["top5"], where
+            assert np.allclose(row["top5_prob"], ref["top5_prob"], atol=2e-5), where
+            continue
+        # float16 rounds a posterior by up to 2**-11 of itself: the same figures, and the same
+        # top-1 class wherever the pinned top two are further apart than that rounding
+        assert np.allclose(row["top5_prob"], ref["top5_prob"], atol=3e-4), where
+        for top, ref_top, ref_prob in zip(row["top5"], ref["top5"], ref["top5_prob"]):
+            assert top[0] == ref_top[0] or ref_prob[0] - ref_prob[1] < 2e-4, where
+    if dtype == "float16":  # a real near tie of this table (0.17188 vs 0.17185) swaps ranks 2 and 3
+        assert got[5]["top5"][8] != pinned[5]["top5"][8]
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ non-finite posteriors are refused when read, naming the file and the entry.
 
 from __future__ import annotations
 
+import errno
 import json
-import math
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from verydeep.atomic_write import write_text_atomic
-from verydeep.errors import CheckpointError, CheckpointNotFoundError, OutputError
+from verydeep.errors import CheckpointError, CheckpointNotFoundError, OutputError, UsageError
 from verydeep.evaluate.protocols import METHODS
 
 FORMAT = "verydeep-posterior-store/1"
@@ -52,28 +53,31 @@ class Entry(NamedTuple):
         return f"net{self.net}-{self.method}-Q{self.scale}"
 
 
-def prepare_folder(folder: str | Path) -> Path:
-    """Make ``folder`` ready to hold a new store (an earlier store there is replaced); refuses a
-    file, a folder holding anything else, or a place the system will not write, in one line."""
+def check_dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise UsageError(f"posteriors dtype {dtype!r}: choose {' or '.join(DTYPES)}")
+    return dtype
+
+
+def check_folder(folder: str | Path) -> Path:
+    """Refuse, in one line (``OutputError``), a place a new store cannot go: a file, a folder
+    holding anything but an earlier store (which a new one replaces), a place the system will
+    not write. Creates the folder; writes nothing else."""
     folder = Path(folder)
     try:
         if folder.exists() and not folder.is_dir():
-            raise OutputError(20, f"{folder}: a file, not a folder for stored posteriors")
+            raise OutputError(errno.ENOTDIR, f"{folder}: a file, not a folder for stored posteriors")
         if folder.is_dir() and any(folder.iterdir()) and not (folder / INDEX).is_file():
-            raise OutputError(17, f"{folder}: a folder holding other files; stored posteriors need an empty "
-                                  "folder or an earlier store")
+            raise OutputError(errno.EEXIST, f"{folder}: a folder holding other files; stored posteriors need "
+                                            "an empty folder or an earlier store")
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-check"
-        probe.write_bytes(b"")
-        probe.unlink()
-        for old in folder.glob("*.npy"):
-            old.unlink()
-        (folder / INDEX).unlink(missing_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
     except OutputError:
         raise
     except OSError as e:
-        raise OutputError(e.errno or 5, f"{folder}: cannot write stored posteriors there: "
-                                        f"{e.strerror or e}") from None
+        raise OutputError(e.errno or errno.EIO, f"{folder}: cannot write stored posteriors there: "
+                                                f"{e.strerror or e}") from None
     return folder
 
 
@@ -89,13 +93,13 @@ class PosteriorStore:
     def create(cls, folder: str | Path, *, classes: Sequence[str] | None, class_names: dict,
                samples: Sequence, num_classes: int, nets: Sequence[str], dtype: str = DEFAULT_DTYPE
                ) -> PosteriorStore:
-        if dtype not in DTYPES:
-            raise ValueError(f"posteriors dtype {dtype!r}: choose {' or '.join(DTYPES)}")
-        index = {"format": FORMAT, "dtype": dtype, "images": len(samples), "num_classes": int(num_classes),
+        index = {"format": FORMAT, "dtype": check_dtype(dtype), "images": len(samples), "num_classes": int(num_classes),
                  "classes": list(classes) if classes is not None else None, "class_names": dict(class_names),
                  "samples": [str(s[0]) for s in samples], "labels": [int(s[1]) for s in samples],
                  "undecodable": [], "nets": list(nets), "entries": {}, "rows": []}
-        store = cls(prepare_folder(folder), index)
+        store = cls(check_folder(folder), index)
+        for old in store.folder.glob("*.npy"):  # an earlier store's
+            old.unlink()
         store.write_index()
         return store
 

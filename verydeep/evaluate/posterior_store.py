@@ -117,8 +117,7 @@ class PosteriorStore:
         """Rows ``rows`` of entry ``name``: one batch, mapped for the write and unmapped after it."""
         array = self._array(name, "r+")
         array[np.asarray(rows, dtype=np.int64)] = posteriors.detach().float().cpu().numpy().astype(self.dtype)
-        array.flush()
-        del array
+        del array  # unmapped: the pages go to the page cache, written back by the kernel (no msync per batch)
 
     def write_index(self) -> Path:
         return write_text_atomic(self.folder / INDEX, json.dumps(self.index) + "\n")

@@ -59,7 +59,8 @@ def measure(images: int, classes: int, entries: int, dtype: str = "float32", chu
     with tempfile.TemporaryDirectory() as tmp:
         size = write_store(Path(tmp) / "big", images, classes, entries, dtype)
         write_store(Path(tmp) / "tiny", 8, classes, 2, dtype)
-        out = subprocess.run([sys.executable, "-c", MEASURE, str(Path(tmp) / "big"), str(Path(tmp) / "tiny"), str(chunk)],
+        out = subprocess.run([sys.executable, "-c", MEASURE, str(Path(tmp) / "big"), str(Path(tmp) / "tiny"),
+                              str(chunk)],
                              capture_output=True, text=True, timeout=600, check=True)
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     return {"added_mib": (figures["after_kib"] - figures["before_kib"]) / 1024, "store_mib": size / 2**20}

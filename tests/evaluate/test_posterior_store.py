@@ -44,9 +44,11 @@ def fuse_fails(capsys, *stores) -> str:
     return err[0]
 
 
-def test_a_good_store_fuses(good_store, capsys):
+def test_a_good_store_fuses(good_store, tmp_path, capsys):
     assert main(["fuse", str(good_store)]) == 0
     assert "1 posteriors fused" in capsys.readouterr().out
+    assert main(["fuse", str(good_store), "--json", str(tmp_path)]) == 7  # a folder where the file should be
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def index_faults():

@@ -19,9 +19,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_fuse(args: argparse.Namespace) -> int:
-    from verydeep.evaluate.report import format_table, report_row
+    from verydeep.evaluate.report import check_output_file, format_table, report_row
     from verydeep.evaluate.store_fusion import fuse_stores
 
+    if args.json and args.json != "-":  # before reading the stores
+        check_output_file(args.json, "--json")
     row, members, _ = fuse_stores(args.stores)
     if args.json != "-":  # --json alone: the JSON replaces the table on stdout
         print(format_table([*members, row], title=f"{row['images']} images, {len(members)} posteriors fused"))

@@ -71,7 +71,8 @@ class RowSpec:
 
     def entries_of(self, net: int) -> list[Entry]:
         """The stored posteriors net ``net`` contributes to the row: its (method, Q) passes."""
-        return [Entry(net, method, int(q)) for q in self.scales_of(net) for method in protocols.methods_of(self.protocol)]
+        methods = protocols.methods_of(self.protocol)
+        return [Entry(net, method, int(q)) for q in self.scales_of(net) for method in methods]
 
     def entries(self, nets: int) -> list[Entry]:
         return [e for net in range(nets) for e in self.entries_of(net)]

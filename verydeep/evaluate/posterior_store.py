@@ -171,7 +171,7 @@ class PosteriorStore:
 
     def _check_entries(self) -> None:
         where, ix = self.folder / INDEX, self.index
-        if not _strings(ix.get("nets")) or not isinstance(ix.get("entries"), dict) or not isinstance(ix.get("rows"), list):
+        if not (_strings(ix.get("nets")) and isinstance(ix.get("entries"), dict) and isinstance(ix.get("rows"), list)):
             raise CheckpointError(f"{where}: nets, entries and rows must be lists / a mapping")
         for name, e in ix["entries"].items():
             if not (isinstance(e, dict) and e.get("file") == f"{name}.npy" and e.get("method") in METHODS

@@ -8,7 +8,7 @@ import sys
 
 from verydeep.cli.vocabulary import (add_amp, add_batch_size, add_checkpoint, add_data, add_device, add_ema, add_json,
                                      add_out, add_workers, deprecated, emit_json, positive_int)
-from verydeep.errors import OutputError, UsageError
+from verydeep.errors import OutputError
 
 
 def _scale_sets(values: list[str] | None) -> list[str | list[int] | list[list[int]]]:
@@ -111,12 +111,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from verydeep.data import discover
     from verydeep.evaluate import RowSpec, evaluate_rows, load_eval_net
-    from verydeep.evaluate.report import format_table, write_per_class, write_per_image, write_report
+    from verydeep.evaluate.posterior_store import check_dtype, check_folder
+    from verydeep.evaluate.report import check_output_file, format_table, write_per_class, write_per_image
     from verydeep.parallel.distributed import init_distributed, shutdown
     from verydeep.runtime import build_runtime
-
-    from verydeep.evaluate.posterior_store import check_dtype, check_folder
-    from verydeep.evaluate.report import check_output_file
 
     dist = init_distributed(args.device)
     if not dist.is_main:  # one log under torchrun, as in training: the other ranks say only what goes wrong
@@ -126,6 +124,7 @@ def run_eval(args: argparse.Namespace) -> int:
         check_output_file(args.json, "--json")
     if args.save_posteriors:
         check_folder(args.save_posteriors)
+    stored = {"posteriors_dtype": check_dtype(args.posteriors_dtype)} if args.posteriors_dtype else {}
     runtime = build_runtime(dist.device, args.amp)
     nets = [load_eval_net(c, caffe_bgr=args.caffe_bgr, ema=args.ema) for c in args.checkpoint]
     data_cfg = _eval_data(args, nets[0])
@@ -135,7 +134,7 @@ def run_eval(args: argparse.Namespace) -> int:
             for s in _scale_sets(args.scales) for p in _protocols(args.protocol)]
     # --batch-size is global, as everywhere: each of the W processes takes its share.
     options = _options(args, batch_size=max(1, args.batch_size // dist.world_size), crop_batch=args.crop_batch,
-                       **({"posteriors_dtype": check_dtype(args.posteriors_dtype)} if args.posteriors_dtype else {}))
+                       **stored)
     report = _report_writer(args, nets, data_cfg, samples, options) if dist.is_main else None
     done: dict[int, dict] = {}  # rows finished so far, by their place in the table
 
@@ -203,7 +202,7 @@ def _eval_data(args: argparse.Namespace, net):
     from pathlib import Path
 
     from verydeep.data.errors import DataError
-    from verydeep.errors import OutputError, UsageError
+    from verydeep.errors import UsageError
 
     if not args.data:
         raise UsageError("eval needs the dataset to evaluate on: --data DIR (a folder with val/, or ImageNet's "

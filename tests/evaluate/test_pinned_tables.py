@@ -94,4 +94,5 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         options = EvalOptions(batch_size=4, progress=False, **dict(a.split("=") for a in sys.argv[1:]))
-        print(json.dumps(table(write_pinned_dataset(Path(tmp)), options), indent=1))
+        rows = table(write_pinned_dataset(Path(tmp)), options)
+        print("[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]")

@@ -77,3 +77,58 @@ def test_two_gloo_processes_count_every_image_once(dataset, tmp_path):
             assert row["top1_error"] == pytest.approx(ref["top1_error"])
             assert row["top5_error"] == pytest.approx(ref["top5_error"])
             assert top5 == ref_res.top5.tolist()  # every image evaluated, none twice
+
+
+def _saving_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
+    try:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                          WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+        torch.set_num_threads(1)
+        from pathlib import Path
+
+        from verydeep.parallel.distributed import init_distributed, shutdown
+
+        init_distributed("cpu", "gloo", timeout_s=60)
+        cfg = data_cfg(Path(root))
+        samples, classes = val_samples(cfg)
+        res = evaluate_rows(tiny_net(), cfg, samples, ROWS, classes=classes, options=OPTIONS,
+                            save_posteriors=Path(out) / "store")
+        assert (res.store is not None) == (rank == 0)
+        shutdown()
+    except BaseException:
+        from pathlib import Path
+
+        Path(out, f"rank{rank}.error").write_text(traceback.format_exc())
+        raise
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_save_one_store_of_every_image(dataset, tmp_path):
+    """--save-posteriors under two ranks: rank 0's store holds all 7 images, as one process's does."""
+    import numpy as np
+
+    from verydeep.evaluate.posterior_store import PosteriorStore
+
+    cfg = data_cfg(dataset)
+    samples, classes = val_samples(cfg)
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    procs = [ctx.Process(target=_saving_worker, args=(r, 2, port, str(dataset), str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        if p.is_alive():
+            p.kill()
+    errors = [(tmp_path / f"rank{r}.error") for r in range(2)]
+    assert all(p.exitcode == 0 for p in procs), [e.read_text() for e in errors if e.exists()]
+    single = evaluate_rows(tiny_net(), cfg, samples, ROWS, classes=classes, options=OPTIONS,
+                           save_posteriors=tmp_path / "single")
+    two, one = PosteriorStore.open(tmp_path / "store"), PosteriorStore.open(tmp_path / "single")
+    assert sorted(two.index["entries"]) == sorted(one.index["entries"]) and len(two.index["entries"]) == 5
+    everything = np.arange(len(samples))
+    for name in one.index["entries"]:
+        assert two.read(name, everything).sum(1).tolist() == pytest.approx([1.0] * 7, abs=1e-5)  # no image left out
+        assert np.allclose(two.read(name, everything), one.read(name, everything), atol=1e-6)
+    assert [r["row"]["top1_error"] for r in two.rows] == [r["top1_error"] for r in single.rows]
+    assert two.samples == one.samples and two.index["labels"] == one.index["labels"]

@@ -1,9 +1,11 @@
 """Fusion as the paper's ensembles need it (Sec. 4.5, Table 6): each net at its own test scales,
-and fusion of saved posteriors without re-running the nets. Checked against averages of
+and fusion of stored posteriors without re-running the nets. Checked against averages of
 posteriors computed by hand, image by image."""
 
 import json
+import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,11 +13,9 @@ from tests.evaluate.conftest import CLASSES, tiny_net
 from tests.evaluate.test_evaluator import data_cfg, val_samples
 from verydeep.data import eval_transform, load_image
 from verydeep.evaluate import EvalNet, EvalOptions, RowSpec, evaluate_rows
-from verydeep.evaluate.posteriors_file import (
-    fuse_saved,
-    load_posteriors,
-    save_posteriors,
-)
+from verydeep.errors import CheckpointError
+from verydeep.evaluate.posterior_store import PosteriorStore
+from verydeep.evaluate.store_fusion import fuse_stores
 
 pytestmark = pytest.mark.usefixtures("no_grad")
 NO_FLIP = EvalOptions(flip=False, progress=False)
@@ -67,46 +67,61 @@ def test_single_and_multi_follow_each_nets_training_scale(dataset):
                                atol=1e-5, rtol=1e-4)
 
 
-def test_fusion_of_saved_posterior_files(dataset, tmp_path):
+def test_fusion_of_saved_stores(dataset, tmp_path):
     cfg = data_cfg(dataset)
     samples, classes = val_samples(cfg)
     a, b = tiny_net(7), tiny_net(8)
-    files = []
+    stores = []
     for name, model, q in (("a", a, 32), ("b", b, 48)):
         result = evaluate_rows(model, cfg, samples, [RowSpec("center", (q,)), RowSpec("dense", (q,))],
-                               classes=classes, options=NO_FLIP, keep_posteriors=True)
-        files.append(save_posteriors(result, tmp_path / f"{name}.safetensors"))
-    saved_a = load_posteriors(f"{files[0]}#0")
-    # the file holds the full K-way posteriors, labels and class order
-    assert saved_a.posteriors.shape == (7, 3) and saved_a.classes == classes
-    torch.testing.assert_close(saved_a.posteriors, by_hand(a, cfg, samples, 32), atol=1e-5, rtol=1e-4)
-    assert saved_a.labels.tolist() == [label for _, label in samples]
-    row, fused = fuse_saved([saved_a, load_posteriors(f"{files[1]}#0")])
+                               classes=classes, options=NO_FLIP, save_posteriors=tmp_path / name)
+        assert result.store == tmp_path / name
+        stores.append(result.store)
+    saved_a = PosteriorStore.open(stores[0])
+    # the store holds each (net, method, Q)'s full K-way posteriors, the labels and the class order
+    assert sorted(saved_a.index["entries"]) == ["net0-center-Q32", "net0-dense-Q32"] and saved_a.classes == classes
+    torch.testing.assert_close(saved_a.read("net0-center-Q32", np.arange(7)), by_hand(a, cfg, samples, 32),
+                               atol=1e-5, rtol=1e-4)
+    assert saved_a.labels().tolist() == [label for _, label in samples]
+    assert [r["nets"] for r in saved_a.rows] == [[["net0-center-Q32"]], [["net0-dense-Q32"]]]
+    row, members, fused = fuse_stores([f"{stores[0]}#0", f"{stores[1]}#0"], keep=True)
     expected = (by_hand(a, cfg, samples, 32) + by_hand(b, cfg, samples, 48)) / 2
-    torch.testing.assert_close(fused, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fused.posteriors, expected, atol=1e-5, rtol=1e-4)
     wrong = (expected.argmax(1) != torch.tensor([label for _, label in samples])).sum().item()
     assert row["top1_error"] == pytest.approx(100 * wrong / 7) and row["net_scales"] == [[32], [48]]
-    # the same as fusing in the evaluator (same Q for both here)
+    assert [m["top1_error"] for m in members] == [PosteriorStore.open(s).rows[0]["row"]["top1_error"] for s in stores]
+    # the same as fusing in the evaluator (same Q for both here), and the same picked by entry
     both = evaluate_rows([a, b], cfg, samples, [RowSpec("center", (32, 48), ((32,), (48,)))], classes=classes,
                          options=NO_FLIP, keep_posteriors=True).results[0]
-    torch.testing.assert_close(fused, both.posteriors, atol=1e-6, rtol=1e-5)
-    with pytest.raises(ValueError, match="holds 2 rows"):
-        load_posteriors(files[0])
+    torch.testing.assert_close(fused.posteriors, both.posteriors, atol=1e-6, rtol=1e-5)
+    by_entry = fuse_stores([f"{stores[0]}#net0-center-Q32", f"{stores[1]}#net0-center-Q48"], keep=True)[2]
+    assert torch.equal(by_entry.posteriors, fused.posteriors)
+    with pytest.raises(CheckpointError, match="holds 2 rows"):
+        fuse_stores([str(stores[0])])
+    with pytest.raises(CheckpointError, match="no row or entry 'net0-dense-Q48'"):
+        fuse_stores([f"{stores[0]}#net0-dense-Q48"])
 
 
-def test_saved_files_fuse_across_class_orders(dataset, tmp_path):
+def test_saved_stores_fuse_across_class_and_image_orders(dataset, tmp_path):
     cfg = data_cfg(dataset)
     samples, classes = val_samples(cfg)
-    a = tiny_net(9)
-    res = evaluate_rows(a, cfg, samples, [RowSpec("center", (40,))], classes=classes, options=NO_FLIP,
-                        keep_posteriors=True)
-    one = load_posteriors(save_posteriors(res, tmp_path / "a.safetensors"))
-    flipped = load_posteriors(save_posteriors(res, tmp_path / "b.safetensors"))
-    flipped.classes, flipped.posteriors = flipped.classes[::-1], flipped.posteriors.flip(1)
-    flipped.samples, flipped.posteriors = flipped.samples[::-1], flipped.posteriors.flip(0)
-    flipped.labels, flipped.undecodable = flipped.labels.flip(0), flipped.undecodable.flip(0)
-    _, fused = fuse_saved([one, flipped])
-    torch.testing.assert_close(fused, one.posteriors)
+    res = evaluate_rows(tiny_net(9), cfg, samples, [RowSpec("center", (40,))], classes=classes, options=NO_FLIP,
+                        save_posteriors=tmp_path / "one", keep_posteriors=True)
+    # the same store written with its classes and images in reverse order
+    shutil.copytree(tmp_path / "one", tmp_path / "flipped")
+    index = json.loads((tmp_path / "flipped" / "index.json").read_text())
+    index.update(classes=index["classes"][::-1], samples=index["samples"][::-1],
+                 labels=[2 - label for label in index["labels"][::-1]])
+    (tmp_path / "flipped" / "index.json").write_text(json.dumps(index))
+    array = np.load(tmp_path / "one" / "net0-center-Q40.npy")
+    np.save(tmp_path / "flipped" / "net0-center-Q40.npy", np.ascontiguousarray(array[::-1, ::-1]))
+    _, _, fused = fuse_stores([str(tmp_path / "one"), str(tmp_path / "flipped")], keep=True)
+    torch.testing.assert_close(fused.posteriors, res.results[0].posteriors)
+    # a store that labels an image otherwise is refused
+    index["labels"][0] = (index["labels"][0] + 1) % 3
+    (tmp_path / "flipped" / "index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="fusion needs the same labels"):
+        fuse_stores([str(tmp_path / "one"), str(tmp_path / "flipped")])
 
 
 def test_eval_saves_posteriors_and_fuse_averages_the_files(dataset, tmp_path, capsys):
@@ -118,7 +133,7 @@ def test_eval_saves_posteriors_and_fuse_averages_the_files(dataset, tmp_path, ca
     runs = [save_run(tmp_path / f"run{i}", tiny_net(10 + i), cfg, CLASSES, NAMES) for i in range(2)]
     files = []
     for i, run in enumerate(runs):
-        files.append(tmp_path / f"net{i}.safetensors")
+        files.append(tmp_path / f"net{i}")
         assert main(["eval", "--checkpoint", str(run), "--data", str(dataset), "--protocol", "center",
                      "--scales", "40", "--no-flip", "--device", "cpu", "--save-posteriors", str(files[-1])]) == 0
     assert main(["fuse", *map(str, files), "--json", str(tmp_path / "fused.json")]) == 0

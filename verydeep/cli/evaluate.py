@@ -8,7 +8,7 @@ import sys
 
 from verydeep.cli.vocabulary import (add_amp, add_batch_size, add_checkpoint, add_data, add_device, add_ema, add_json,
                                      add_out, add_workers, deprecated, emit_json, positive_int)
-from verydeep.errors import UsageError
+from verydeep.errors import OutputError
 
 
 def _scale_sets(values: list[str] | None) -> list[str | list[int] | list[list[int]]]:
@@ -79,8 +79,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                 "rewritten as rows complete,")
     p.add_argument("--per-image", metavar="CSV", help="write per-image predictions")
     p.add_argument("--per-class", metavar="CSV", help="write per-class top-1/top-5 accuracy")
-    p.add_argument("--save-posteriors", metavar="FILE",
-                   help="write every row's full per-image posteriors (safetensors) for `verydeep fuse`")
+    p.add_argument("--save-posteriors", metavar="DIR",
+                   help="keep the stored posteriors (an [images x classes] array per net, method and Q, and the "
+                        "rows) in DIR for `verydeep fuse`; DIR must be empty or an earlier store, which is replaced")
+    p.add_argument("--posteriors-dtype", metavar="DTYPE",
+                   help="dtype of the stored posteriors: float32 (the default: exact) or float16 (half the disk, "
+                        "but near-tied classes may swap)")
     p.set_defaults(func=run_eval)
 
     p = sub.add_parser("predict", help="top-5 classes of images (dense evaluation by default)")
@@ -112,7 +116,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from verydeep.data import discover
     from verydeep.evaluate import RowSpec, evaluate_rows, load_eval_net
-    from verydeep.evaluate.report import format_table, write_per_class, write_per_image, write_report
+    from verydeep.evaluate.posterior_store import check_dtype, check_folder
+    from verydeep.evaluate.report import check_output_file, format_table, write_per_class, write_per_image
     from verydeep.parallel.distributed import init_distributed, shutdown
     from verydeep.runtime import build_runtime
 
@@ -120,6 +125,12 @@ def run_eval(args: argparse.Namespace) -> int:
     dist = init_distributed(args.device)
     if not dist.is_main:  # one log under torchrun, as in training: the other ranks say only what goes wrong
         logging.getLogger("verydeep").setLevel(logging.WARNING)
+    # Output paths are checked before anything is loaded, on every rank (each would wait for the others).
+    if args.json and args.json != "-":
+        check_output_file(args.json, "--json")
+    if args.save_posteriors:
+        check_folder(args.save_posteriors)
+    stored = {"posteriors_dtype": check_dtype(args.posteriors_dtype)} if args.posteriors_dtype else {}
     runtime = build_runtime(dist.device, args.amp)
     nets = [load_eval_net(c, caffe_bgr=args.caffe_bgr, ema=args.ema) for c in args.checkpoint]
     data_cfg = _eval_data(args, nets[0])
@@ -128,7 +139,8 @@ def run_eval(args: argparse.Namespace) -> int:
     rows = [RowSpec.for_nets(p, [net.data for net in nets], s)
             for s in scale_sets for p in _protocols(args.protocol)]
     # --batch-size is global, as everywhere: each of the W processes takes its share.
-    options = _options(args, batch_size=max(1, args.batch_size // dist.world_size), crop_batch=args.crop_batch)
+    options = _options(args, batch_size=max(1, args.batch_size // dist.world_size), crop_batch=args.crop_batch,
+                       **stored)
     report = _report_writer(args, nets, data_cfg, samples, options) if dist.is_main else None
     done: dict[int, dict] = {}  # rows finished so far, by their place in the table
 
@@ -138,7 +150,7 @@ def run_eval(args: argparse.Namespace) -> int:
             report([done[i] for i in sorted(done)], complete=False)
 
     result = evaluate_rows(nets, data_cfg, samples, rows, classes=splits.classes, options=options,
-                           runtime=runtime, keep_posteriors=bool(args.save_posteriors), on_row=partial)
+                           runtime=runtime, on_row=partial, save_posteriors=args.save_posteriors)
     if dist.is_main:
         title = f"{len(samples)} images of {data_cfg.root}" + (f", {len(nets)} nets fused" if len(nets) > 1 else "")
         if args.json != "-":  # --json alone: the JSON replaces the table on stdout
@@ -151,10 +163,8 @@ def run_eval(args: argparse.Namespace) -> int:
                             (args.per_class, lambda p: write_per_class(result, p))):
             if path:
                 print(f"wrote {write(path)}", file=said)
-        if args.save_posteriors:
-            from verydeep.evaluate.posteriors_file import save_posteriors
-
-            print(f"wrote {save_posteriors(result, args.save_posteriors)}", file=said)
+        if result.store is not None:
+            print(f"wrote {result.store} (stored posteriors: verydeep fuse {result.store}#ROW ...)", file=said)
     shutdown()
     return 0
 
@@ -185,7 +195,7 @@ def _report_writer(args: argparse.Namespace, nets, data_cfg, samples, options):
     try:
         write([], complete=False)
     except OSError as e:  # the path given on the command line: say so, before any work
-        raise UsageError(f"--json {args.json}: cannot write it: {e.strerror or e}") from None
+        raise OutputError(e.errno or 5, f"--json {args.json}: cannot write it: {e.strerror or e}") from None
     return write
 
 

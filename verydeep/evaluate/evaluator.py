@@ -1,55 +1,40 @@
-"""Run evaluation protocols over a dataset: every (protocol, scale set) row in one sweep.
+"""Evaluate nets over a dataset: every (protocol, scale set) row, in two stages.
 
-Three stages:
+1. collect (``collect.collect``): each (net, method, Q)'s posteriors of every image, stored as
+   an array [N, K] in a ``PosteriorStore`` (memory-mapped, float16 by default). Nets with the
+   same preprocessing share one read of the data per test scale Q; one read at Q feeds dense
+   and multi-crop together.
+2. fuse and score (``scoring.score``): each row is, per image, the mean over nets of each
+   net's mean over the entries (method x Q) it names, a chunk of images at a time; then top-5
+   classes, hits and the line of the table. ``verydeep fuse`` runs the same stage over stores
+   saved by ``--save-posteriors``.
 
-1. collect (``PosteriorCollector``): nets with the same preprocessing form a group that shares
-   every read of the data. Per group and test scale Q the data is read once: the centre-crop
-   read feeds ``center``, the whole-image read feeds ``dense`` and ``multicrop`` together.
-   Each pass (method, Q) keeps per-image posteriors summed over the group's nets.
-2. fuse (``fuse_row``): a row's posterior per image is the average over its passes and all
-   nets (``fusion.PosteriorAverage``): multi-scale, dense + multi-crop and fusion at once.
-3. score (``score_images``, ``table_row``): top-5 classes and hits per image, error rates.
-
-Distributed: every rank evaluates its shard. ``combine_shards`` proves with a per-image
-coverage count (all-reduced) that each image was evaluated exactly once (an error otherwise)
-and gathers undecodable images and timings; ``score_images`` sums per-image results into
-full-size vectors with one all-reduce, so every rank ends with the same rows. Undecodable
-images are counted as errors at every k and reported by path.
+A row is scored as soon as its last entry is stored (``on_row``). Distributed: every rank
+collects and scores its shard; a coverage count proves that each image was evaluated exactly
+once, one all-reduce completes the per-image results on every rank, and a kept store is
+gathered onto rank 0. Undecodable images count as errors at every k and are reported by path.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import time
+import functools
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from pathlib import Path
 
 import torch
-import torch.distributed as tdist
-from torch import nn
 
-from verydeep.data import build_eval_loader
 from verydeep.evaluate import protocols
 from verydeep.evaluate.checkpoints import EvalNet, as_eval_nets
-from verydeep.evaluate.crops import GRID, crops_per_image
-from verydeep.evaluate.fusion import PosteriorAverage, class_permutation
+from verydeep.evaluate.collect import Collection, check_coverage, collect, gather_to_main
+from verydeep.evaluate.fusion import align_classes
 from verydeep.evaluate.options import EvalOptions
+from verydeep.evaluate.posterior_store import Entry, PosteriorStore
 from verydeep.evaluate.scales import check_scales, net_scale_sets
-from verydeep.parallel.distributed import all_reduce_sum, current
-from verydeep.progress import progress_bar
+from verydeep.evaluate.scoring import CHUNK, StoredTerm, score, table_row
+from verydeep.parallel.distributed import current
 from verydeep.runtime import Runtime
-from verydeep.topk import topk_hits
-
-log = logging.getLogger(__name__)
-
-
-class Pass(NamedTuple):
-    """One method at one test scale: what one read of the data computes for a group of nets."""
-
-    method: str
-    scale: int
 
 
 @dataclass(frozen=True)
@@ -84,13 +69,13 @@ class RowSpec:
     def scales_of(self, net: int) -> tuple[int, ...]:
         return self.scales if self.net_scales is None else self.net_scales[net]
 
-    def passes_of(self, net: int) -> list[Pass]:
-        return [Pass(method, int(q)) for q in self.scales_of(net) for method in protocols.methods_of(self.protocol)]
+    def entries_of(self, net: int) -> list[Entry]:
+        """The stored posteriors net ``net`` contributes to the row: its (method, Q) passes."""
+        methods = protocols.methods_of(self.protocol)
+        return [Entry(net, method, int(q)) for q in self.scales_of(net) for method in methods]
 
-    @property
-    def passes(self) -> list[Pass]:
-        """Every pass of the row, over all nets."""
-        return [Pass(method, int(q)) for q in self.scales for method in protocols.methods_of(self.protocol)]
+    def entries(self, nets: int) -> list[Entry]:
+        return [e for net in range(nets) for e in self.entries_of(net)]
 
     def check_nets(self, count: int) -> None:
         if self.net_scales is not None and len(self.net_scales) != count:
@@ -116,29 +101,11 @@ class EvalResult:
     class_names: dict[str, str]
     samples: Sequence
     bad: list[tuple[int, str]] = field(default_factory=list)
+    store: Path | None = None  # the kept posterior store (``save_posteriors``)
 
     @property
     def rows(self) -> list[dict]:
         return [r.row for r in self.results]
-
-
-# --- checks before any work ------------------------------------------------------------------
-
-def align_classes(nets: list[EvalNet], classes: Sequence[str] | None
-                  ) -> tuple[int, list[str] | None, list[torch.Tensor | None]]:
-    """(number of classes, the class order to report in, each net's permutation onto it).
-
-    The order is ``classes`` (the dataset's) or else the first net's; nets without class ids
-    must already predict in it.
-    """
-    num_classes = {net.model.spec.num_classes for net in nets}
-    if len(num_classes) != 1:
-        raise ValueError(f"cannot fuse nets with different numbers of classes: {sorted(num_classes)}")
-    (k,) = num_classes
-    reference = list(classes) if classes is not None else nets[0].classes
-    if reference is not None and len(reference) != k:
-        raise ValueError(f"the data has {len(reference)} classes but the net predicts {k}")
-    return k, reference, [class_permutation(net.classes, reference, source=net.source) for net in nets]
 
 
 def sample_labels(samples: Sequence, num_classes: int) -> torch.Tensor:
@@ -148,319 +115,39 @@ def sample_labels(samples: Sequence, num_classes: int) -> torch.Tensor:
     return labels
 
 
-# --- stage 1: collect posteriors per (pass, net group) ---------------------------------------
+def score_ready_rows(collection: Collection, *, rows: list[RowSpec], nets: list[EvalNet], store: PosteriorStore,
+                     labels: torch.Tensor, options: EvalOptions, keep: bool, scored: dict[int, RowResult],
+                     on_row: Callable[[int, RowResult], None] | None, final: bool = False) -> list[tuple[int, str]]:
+    """Stage 2 for the rows whose entries are all stored (collective: every rank calls it after
+    the same reads); ``final``: the last call, which warns about undecodable images. Returns
+    every rank's undecodable images."""
+    ready = [i for i, spec in enumerate(rows) if i not in scored and set(spec.entries(len(nets))) <= collection.done]
+    if not ready and not final:
+        return []
+    bad_mask, bad, seconds = check_coverage(collection, labels.shape[0], warn=final)
+    good = sorted(collection.shard - set(collection.bad))
+    for i in ready:
+        spec = rows[i]
+        terms = [[StoredTerm(store, e.name) for e in spec.entries_of(j)] for j in range(len(nets))]
+        scores = score(terms, good, labels, store.num_classes, bad_mask, keep=keep)
+        row = table_row(scores.hits, protocol=spec.protocol, scales=spec.scales, net_scales=spec.net_scales,
+                        seconds=sum(seconds[(m, q)] for q in spec.scales for m in protocols.methods_of(spec.protocol)),
+                        bad_images=int(bad_mask.sum()), flip=options.flip, nets=[net.source for net in nets],
+                        **({"dense_average": options.dense_average}
+                           if "dense" in protocols.methods_of(spec.protocol) else {}))
+        scored[i] = RowResult(row=row, top5=scores.top5, top5_prob=scores.top5_prob, hits=scores.hits,
+                              labels=labels, posteriors=scores.posteriors)
+        if on_row is not None:
+            on_row(i, scored[i])
+    return bad
 
-class SumKey(NamedTuple):
-    """One running sum of per-image posteriors: a pass, a preprocessing group, and the group's
-    nets summed (those a row runs at this pass; usually the whole group)."""
-
-    pass_: Pass
-    group: int
-    nets: tuple[int, ...]
-
-
-def group_by_preprocessing(nets: list[EvalNet]) -> list[list[int]]:
-    """Indices of nets that see identical inputs, so that they share every read of the data."""
-    groups: dict[str, list[int]] = {}
-    for i, net in enumerate(nets):
-        groups.setdefault(net.preprocessing_key(), []).append(i)
-    return list(groups.values())
-
-
-def row_terms(spec: RowSpec, groups: list[list[int]]) -> dict[int, list[SumKey]]:
-    """The sums a row averages, keyed by how many passes each of their nets has in the row
-    (nets with per-net test scales may have different numbers; see :func:`fuse_row`)."""
-    terms: dict[int, list[SumKey]] = {}
-    for p in spec.passes:
-        for g, members in enumerate(groups):
-            by_count: dict[int, list[int]] = {}
-            for i in members:
-                own = spec.passes_of(i)
-                if p in own:
-                    by_count.setdefault(len(own), []).append(i)
-            for count, nets in by_count.items():
-                terms.setdefault(count, []).append(SumKey(p, g, tuple(nets)))
-    return terms
-
-
-def plan_reads(passes: Sequence[Pass], crop_size: int) -> dict[tuple[int, int | None], list[str]]:
-    """The reads of the data the passes need, (Q, loader crop) -> the methods each one feeds."""
-    reads: dict[tuple[int, int | None], list[str]] = {}
-    for method, q in passes:
-        reads.setdefault((q, protocols.input_crop(method, q, crop_size)), []).append(method)
-    return reads
-
-
-def _loader_config(data_cfg, net: EvalNet):
-    """The dataset's loader settings with the net's own preprocessing (normalisation, crop)."""
-    if data_cfg is None:
-        return net.data
-    keep = {k: getattr(net.data, k) for k in net.preprocessing_keys if hasattr(data_cfg, k)}
-    return dataclasses.replace(data_cfg, **keep)
-
-
-class ShardPosteriors:
-    """Per-image posteriors of this rank's shard (each a sum of ``count``), filled batch by
-    batch in the loader's order and read back by sample index."""
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self._ids: list[int] = []
-        self._chunks: list[torch.Tensor] = []
-        self._row_of: dict[int, int] | None = None
-
-    def put(self, ids: list[int], posteriors: torch.Tensor) -> None:
-        self._ids.extend(ids)
-        self._chunks.append(posteriors.cpu())
-        self._row_of = None
-
-    def get(self, ids: list[int]) -> torch.Tensor:
-        # The chunks are joined on the first read after a put, not on every read.
-        if self._row_of is None:
-            self._row_of = {i: r for r, i in enumerate(self._ids)}
-            self._chunks = [torch.cat(self._chunks)]
-        return self._chunks[0][torch.tensor([self._row_of[i] for i in ids], dtype=torch.long)]
-
-
-@dataclass
-class Collected:
-    """This rank's share of the sweep, as the collect stage leaves it."""
-
-    groups: list[list[int]]  # net indices per preprocessing group
-    sums: dict[SumKey, ShardPosteriors]  # summed over the key's nets
-    seconds: dict[Pass, float]  # data reading and forward time per pass, in sweep order
-    shard: set[int] = field(default_factory=set)  # sample indices this rank read
-    bad: dict[int, str] = field(default_factory=dict)  # undecodable: sample index -> path
-    done: set[SumKey] = field(default_factory=set)  # sums whose every read has finished
-
-
-@dataclass
-class _PreparedGroup:
-    index: int
-    models: dict[int, tuple[nn.Module, torch.Tensor | None]]  # net index -> (prepared model, class permutation)
-    crop_size: int
-    sums: dict[Pass, list[SumKey]]  # what each pass of this group feeds
-
-
-class PosteriorCollector:
-    """Stage 1: run every pass with the nets that need it over this rank's shard of the samples."""
-
-    def __init__(self, options: EvalOptions, runtime: Runtime) -> None:
-        self.options, self.runtime, self.dist = options, runtime, current()
-        self.crop_batch = options.crop_batch or max(crops_per_image(GRID, options.flip), 4 * options.batch_size)
-
-    def collect(self, nets: list[EvalNet], perms: list[torch.Tensor | None], data_cfg,
-                samples: Sequence, rows: Sequence[RowSpec],
-                after_read: Callable[[Collected], None] | None = None) -> Collected:
-        """Every read the rows need; ``after_read(collected)`` after each one (the same reads,
-        in the same order, on every rank: it may run collectives)."""
-        groups = group_by_preprocessing(nets)
-        keys = list(dict.fromkeys(k for spec in rows for terms in row_terms(spec, groups).values() for k in terms))
-        passes = sorted({k.pass_ for k in keys}, key=lambda p: (p.scale, p.method))
-        out = Collected(groups=groups, seconds=dict.fromkeys(passes, 0.0),
-                        sums={k: ShardPosteriors(len(k.nets)) for k in keys})
-        shard: set[int] | None = None
-        for g, members in enumerate(groups):
-            feeds: dict[Pass, list[SumKey]] = {}
-            for k in keys:
-                if k.group == g:
-                    feeds.setdefault(k.pass_, []).append(k)
-            used = sorted({i for ks in feeds.values() for k in ks for i in k.nets})
-            group = _PreparedGroup(g, {i: (self.runtime.prepare_model(nets[i].model).eval(), perms[i]) for i in used},
-                                   int(nets[members[0]].data.crop_size), feeds)
-            for (q, crop), methods in plan_reads(sorted(feeds, key=lambda p: (p.scale, p.method)),
-                                                 group.crop_size).items():
-                loader = build_eval_loader(_loader_config(data_cfg, nets[members[0]]), samples,
-                                           self.options.batch_size, scale=q, crop=crop, rank=self.dist.rank,
-                                           world_size=self.dist.world_size)
-                seen = self._read(loader, out, group, q, methods)
-                if shard is None:
-                    shard = seen
-                elif seen != shard:
-                    raise RuntimeError(f"the pass at Q={q} saw a different set of images than the first pass")
-                out.shard = shard
-                out.done.update(k for method in methods for k in feeds[Pass(method, q)])
-                if after_read is not None:
-                    after_read(out)
-        out.shard = shard or set()
-        return out
-
-    def _read(self, loader, out: Collected, group: _PreparedGroup, q: int, methods: list[str]) -> set[int]:
-        """One read of the data at test scale ``q``, feeding ``methods``; the sample indices seen."""
-        seen: set[int] = set()
-        nets = len(group.models)
-        desc = f"{'+'.join(methods)} Q={q}" + (f" ({nets} nets)" if nets > 1 else "")
-        bar = progress_bar(loader, total=len(loader) if hasattr(loader, "__len__") else None, desc=desc,
-                           unit="batch", leave=False, disable=not (self.options.progress and self.dist.is_main))
-        t_read = time.perf_counter()
-        for images, _labels, indices, bad_batch in bar:
-            # A read shared by several methods charges its waiting time to them equally.
-            wait = time.perf_counter() - t_read
-            for method in methods:
-                out.seconds[Pass(method, q)] += wait / len(methods)
-            batch_ids = [int(i) for i in indices] + [int(i) for i, _ in bad_batch]
-            if seen.intersection(batch_ids) or len(set(batch_ids)) != len(batch_ids):
-                raise RuntimeError(f"the loader yielded an image twice in one pass (Q={q}); "
-                                   "sharding must cover each image exactly once")
-            seen.update(batch_ids)
-            out.bad.update((int(i), str(path)) for i, path in bad_batch)
-            if images.shape[0]:
-                images, ids = self.runtime.prepare_input(images), [int(i) for i in indices]
-                for method in methods:
-                    self._run_method(Pass(method, q), images, ids, out, group)
-            t_read = time.perf_counter()
-        bar.close()
-        return seen
-
-    def _run_method(self, p: Pass, images: torch.Tensor, ids: list[int], out: Collected,
-                    group: _PreparedGroup) -> None:
-        t = time.perf_counter()
-        keys = group.sums[p]
-        posteriors = {}  # each net runs once per batch, however many sums it feeds
-        for i in sorted({i for k in keys for i in k.nets}):
-            model, perm = group.models[i]
-            post = protocols.posteriors(p.method, model, images, crop=group.crop_size, flip=self.options.flip,
-                                        dense_average=self.options.dense_average, crop_batch=self.crop_batch,
-                                        runtime=self.runtime)
-            posteriors[i] = post if perm is None else post[:, perm.to(post.device)]
-        for k in keys:
-            key_sum = PosteriorAverage()
-            for i in k.nets:
-                key_sum.add(posteriors[i])
-            out.sums[k].put(ids, key_sum.total)
-        if self.runtime.device.type == "cuda":
-            torch.cuda.synchronize(self.runtime.device)  # so the time is the forward's, not the launch's
-        out.seconds[p] += time.perf_counter() - t
-
-
-@dataclass
-class SweepTotals:
-    """What all ranks together saw: undecodable images and the time per pass."""
-
-    bad_mask: torch.Tensor  # [N] bool
-    bad: list[tuple[int, str]]  # (sample index, path), all ranks'
-    seconds: dict[Pass, float]  # mean over ranks
-
-    @property
-    def n_bad(self) -> int:
-        return int(self.bad_mask.sum().item())
-
-
-def combine_shards(collected: Collected, n: int, *, warn: bool = True) -> SweepTotals:
-    """Check that the ranks' shards cover each of the ``n`` images exactly once; gather the
-    undecodable ones and the time per pass (``warn``: log the undecodable ones)."""
-    dist = current()
-    coverage = torch.zeros(n, dtype=torch.float64)
-    coverage[list(collected.shard)] = 1
-    bad_mask = torch.zeros(n, dtype=torch.float64)
-    bad_mask[list(collected.bad)] = 1
-    passes = list(collected.seconds)
-    timing = torch.tensor([collected.seconds[p] for p in passes], dtype=torch.float64)
-    for t in (coverage, bad_mask, timing):
-        all_reduce_sum(t)
-    if not torch.all(coverage == 1):
-        missing = (coverage == 0).nonzero().flatten()[:5].tolist()
-        twice = (coverage > 1).nonzero().flatten()[:5].tolist()
-        raise RuntimeError(f"evaluation did not cover every image exactly once: missing {missing}, "
-                           f"on several ranks {twice} (of {n})")
-    totals = SweepTotals(bad_mask=bad_mask.bool(), bad=sorted(collected.bad.items()),
-                         seconds={p: timing[i].item() / dist.world_size for i, p in enumerate(passes)})
-    n_bad = totals.n_bad
-    if dist.world_size > 1 and n_bad:
-        gathered: list = [None] * dist.world_size
-        tdist.all_gather_object(gathered, totals.bad)
-        totals.bad = sorted(x for part in gathered for x in part)
-    if n_bad and warn:
-        log.warning("%d of %d images could not be decoded; they count as errors: %s", n_bad, n,
-                    ", ".join(p for _, p in totals.bad[:5]) + (" ..." if n_bad > 5 else ""))
-    return totals
-
-
-# --- stage 2: fuse ---------------------------------------------------------------------------
-
-def fuse_row(collected: Collected, spec: RowSpec, ids: list[int]) -> torch.Tensor:
-    """Posteriors [len(ids), K] of a row: per image the mean over nets of each net's mean over
-    its passes (every (pass, net) posterior weighs the same when all nets have as many passes,
-    however they were grouped for reading: sums carry their count, divided once at the end).
-    """
-    by_count = {}
-    for count, keys in row_terms(spec, collected.groups).items():
-        average = PosteriorAverage()
-        for k in keys:
-            sums = collected.sums[k]
-            average.add(sums.get(ids), sums.count)
-        by_count[count] = average
-    if len(by_count) == 1:
-        return next(iter(by_count.values())).mean()
-    # Nets with different numbers of passes: each net's own mean first, then the nets' mean.
-    fused = PosteriorAverage()
-    for count, average in by_count.items():
-        nets = average.count // count
-        fused.add(average.mean() * nets, nets)
-    return fused.mean()
-
-
-# --- stage 3: score --------------------------------------------------------------------------
-
-def score_images(posterior: torch.Tensor | None, ids: list[int], labels: torch.Tensor, num_classes: int,
-                 bad_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(top-5 classes [N, 5], their posteriors, top-1/top-5 hits [N, 2]) of all N images.
-
-    Each rank fills in its own images (``ids``, rows of ``posterior``) and the sum over ranks
-    completes the vectors; undecodable images get no classes (-1) and no hits.
-    """
-    n, topn = labels.shape[0], min(5, num_classes)
-    top = torch.zeros(n, topn, dtype=torch.float64)
-    prob = torch.zeros(n, topn, dtype=torch.float64)
-    hits = torch.zeros(n, 2, dtype=torch.float64)
-    if ids:
-        pv, pi = posterior.topk(topn, dim=1)
-        idx = torch.tensor(ids, dtype=torch.long)
-        top[idx], prob[idx] = pi.double(), pv.double()
-        hits[idx] = topk_hits(posterior, labels[idx], (1, 5)).double()
-    for t in (top, prob, hits):
-        all_reduce_sum(t)
-    top[bad_mask] = -1
-    return top.long(), prob.float(), hits.bool()
-
-
-def gather_posteriors(posterior: torch.Tensor | None, ids: list[int], n: int, num_classes: int) -> torch.Tensor:
-    """The posteriors [N, K] of all N images on every rank (zeros for undecodable ones)."""
-    full = torch.zeros(n, num_classes, dtype=torch.float32)
-    if ids:
-        full[torch.tensor(ids, dtype=torch.long)] = posterior.float().cpu()
-    return all_reduce_sum(full)
-
-
-def table_row(spec: RowSpec, hits: torch.Tensor, totals: SweepTotals, options: EvalOptions,
-              nets: list[EvalNet]) -> dict:
-    n = hits.shape[0]
-    c1, c5 = hits.sum(0).tolist()
-    elapsed = sum(totals.seconds[p] for p in spec.passes)
-    row = {
-        "protocol": spec.protocol,
-        "scales": list(spec.scales),
-        **({"net_scales": [list(q) for q in spec.net_scales]} if spec.net_scales else {}),
-        "top1_error": 100.0 * (1 - c1 / n),
-        "top5_error": 100.0 * (1 - c5 / n),
-        "images": n,
-        "images_per_s": n / elapsed if elapsed > 0 else float("nan"),
-        "bad_images": totals.n_bad,
-        "flip": options.flip,
-        "nets": [net.source for net in nets],
-    }
-    if "dense" in protocols.methods_of(spec.protocol):
-        row["dense_average"] = options.dense_average
-    return row
-
-
-# --- the sweep -------------------------------------------------------------------------------
 
 @torch.no_grad()
 def evaluate_rows(nets, data_cfg, samples: Sequence, rows: Sequence[RowSpec], *,
                   classes: Sequence[str] | None = None, options: EvalOptions | None = None,
                   runtime: Runtime | None = None, keep_posteriors: bool = False,
-                  on_row: Callable[[int, RowResult], None] | None = None) -> EvalResult:
+                  on_row: Callable[[int, RowResult], None] | None = None,
+                  save_posteriors: str | Path | None = None) -> EvalResult:
     """Evaluate one or several nets (fusion) on ``samples`` [(path, label)] for every row.
 
     ``classes``: the dataset's class ids, in label order; each net's outputs are mapped onto
@@ -468,7 +155,9 @@ def evaluate_rows(nets, data_cfg, samples: Sequence, rows: Sequence[RowSpec], *,
     ``runtime``: device, AMP and memory format, built once per process by the caller; by
     default from ``options.device`` and ``options.amp`` for this process's rank.
     ``keep_posteriors``: each row's full [N, K] posteriors in ``RowResult.posteriors`` (on
-    every rank), e.g. to save them (``verydeep.evaluate.posteriors_file``).
+    every rank). ``save_posteriors``: a folder to keep the store of stage 1 in, with every
+    image's entries (on rank 0) and the rows (for ``verydeep fuse``); otherwise the store is
+    temporary (under ``$TMPDIR``) and removed at the end.
     ``on_row(index, result)``: each row as soon as its last read is done (reads go by
     ascending Q, so single-scale rows come before multi-scale ones), e.g. to write partial
     results; called on every rank. Without it every row is scored after the last read.
@@ -485,35 +174,32 @@ def evaluate_rows(nets, data_cfg, samples: Sequence, rows: Sequence[RowSpec], *,
     runtime = runtime or options.runtime(current().local_rank)
     for spec in rows:
         spec.check_nets(len(nets))
-
-    groups = group_by_preprocessing(nets)
-    needs = [{k for terms in row_terms(spec, groups).values() for k in terms} for spec in rows]
-    scored: dict[int, RowResult] = {}
-
-    def score_ready(collected: Collected, totals: SweepTotals | None = None) -> None:
-        """Stages 2 and 3 for the rows whose sums are complete (collective: every rank calls it)."""
-        ready = [i for i, need in enumerate(needs) if i not in scored and need <= collected.done]
-        if not ready:
-            return
-        totals = totals or combine_shards(collected, len(samples), warn=False)
-        good = sorted(collected.shard - set(collected.bad))
-        for i in ready:
-            posterior = fuse_row(collected, rows[i], good) if good else None
-            top, prob, hits = score_images(posterior, good, labels, num_classes, totals.bad_mask)
-            kept = gather_posteriors(posterior, good, len(samples), num_classes) if keep_posteriors else None
-            scored[i] = RowResult(row=table_row(rows[i], hits, totals, options, nets), top5=top,
-                                  top5_prob=prob, hits=hits, labels=labels, posteriors=kept)
-            if on_row is not None:
-                on_row(i, scored[i])
-
-    collected = PosteriorCollector(options, runtime).collect(nets, perms, data_cfg, samples, rows,
-                                                             after_read=score_ready if on_row else None)
-    totals = combine_shards(collected, len(samples))
-    score_ready(collected, totals)
-    results = [scored[i] for i in range(len(rows))]
     names = next((net.class_names for net in nets if net.class_names), {})
-    return EvalResult(results=results, classes=reference, class_names=names, samples=samples,
-                      bad=totals.bad)
+    keep_store = save_posteriors is not None and current().is_main
+    store = PosteriorStore.create(save_posteriors if keep_store else tempfile.mkdtemp(prefix="verydeep-posteriors-"),
+                                  classes=reference, class_names=names, samples=samples, num_classes=num_classes,
+                                  nets=[net.source for net in nets], dtype=options.posteriors_dtype)
+    try:
+        scored: dict[int, RowResult] = {}
+        stage2 = functools.partial(score_ready_rows, rows=rows, nets=nets, store=store, labels=labels,
+                                   options=options, keep=keep_posteriors, scored=scored, on_row=on_row)
+        entries = list(dict.fromkeys(e for spec in rows for e in spec.entries(len(nets))))
+        collection = collect(nets, perms, data_cfg, samples, entries, store, options, runtime,
+                             after_read=stage2 if on_row else None)
+        bad = stage2(collection, final=True)
+        if save_posteriors is not None:
+            gather_to_main(store, [e.name for e in entries], CHUNK)
+            store.index["undecodable"] = [i for i, _ in bad]
+            store.index["rows"] = [{"row": scored[i].row, "nets": [[e.name for e in spec.entries_of(j)]
+                                                                   for j in range(len(nets))]}
+                                   for i, spec in enumerate(rows)]
+            if keep_store:
+                store.write_index()
+    finally:
+        if not keep_store:
+            store.remove()
+    return EvalResult(results=[scored[i] for i in range(len(rows))], classes=reference, class_names=names,
+                      samples=samples, bad=bad, store=store.folder if keep_store else None)
 
 
 def evaluate(models_or_checkpoints, data_cfg, samples: Sequence, *, protocol: str = "center",

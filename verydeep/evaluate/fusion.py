@@ -3,10 +3,10 @@
 The paper combines every set of predictions the same way, by averaging soft-max class
 posteriors: an image and its flip (Sec. 3.2), test scales (Sec. 4.2), dense and multi-crop
 evaluation (Sec. 4.3, Table 5) and several nets (fusion, Sec. 4.4, Table 6).
-``PosteriorAverage`` is that one rule; protocols, the evaluator and ``predict`` all go through
-it. It keeps the running sum and divides once, at the end, so a sum built in parts (per net
-group, per pass) gives the same floating-point result as long as the parts are added in the
-same order.
+``PosteriorAverage`` is that one rule; protocols, the evaluator, ``verydeep fuse`` and ``predict``
+all go through it. It keeps the running sum and divides once, at the end. A row of the table
+(``mean_over_nets``) is, per image, the mean over nets of each net's mean over its passes
+(method x Q), so nets tested at different numbers of scales weigh the same.
 
 Nets trained on the same label set may still list classes in another order (or be foreign
 weights, e.g. torchvision's, whose order is the sorted ImageNet synsets); ``class_permutation``
@@ -60,6 +60,18 @@ def average_posteriors(posteriors: Iterable[torch.Tensor]) -> torch.Tensor:
     return average.mean()
 
 
+def mean_over_nets(nets: Iterable[Iterable[torch.Tensor]]) -> torch.Tensor:
+    """Per image, the mean over nets of each net's mean over its posteriors (its passes).
+
+    ``nets``: per net, its passes' posteriors [N, K] for the same N images; they may be lazy
+    (generators), so that only the running sums and the tensor being added are held.
+    """
+    fused = PosteriorAverage()
+    for passes in nets:
+        fused.add(average_posteriors(passes))
+    return fused.mean()
+
+
 def class_permutation(model_classes: Sequence[str] | None, reference: Sequence[str] | None,
                       source: str = "model") -> torch.Tensor | None:
     """Index tensor ``perm`` with ``out[:, perm]`` in reference order; None if already aligned.
@@ -78,3 +90,21 @@ def class_permutation(model_classes: Sequence[str] | None, reference: Sequence[s
             f"extra {extra[:5]}{'...' if len(extra) > 5 else ''})"
         )
     return torch.tensor([where[c] for c in reference], dtype=torch.long)
+
+
+def align_classes(nets: Sequence, classes: Sequence[str] | None
+                  ) -> tuple[int, list[str] | None, list[torch.Tensor | None]]:
+    """(number of classes, the class order to report in, each net's permutation onto it), for
+    ``EvalNet``s.
+
+    The order is ``classes`` (the dataset's) or else the first net's; nets without class ids
+    must already predict in it.
+    """
+    num_classes = {net.model.spec.num_classes for net in nets}
+    if len(num_classes) != 1:
+        raise ValueError(f"cannot fuse nets with different numbers of classes: {sorted(num_classes)}")
+    (k,) = num_classes
+    reference = list(classes) if classes is not None else nets[0].classes
+    if reference is not None and len(reference) != k:
+        raise ValueError(f"the data has {len(reference)} classes but the net predicts {k}")
+    return k, reference, [class_permutation(net.classes, reference, source=net.source) for net in nets]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from verydeep.evaluate.posterior_store import DEFAULT_DTYPE
 from verydeep.evaluate.protocols import DENSE_AVERAGE
 from verydeep.runtime import Runtime, build_runtime
 
@@ -18,7 +19,8 @@ class EvalOptions:
     ``scores`` or ``posteriors`` (``protocols.dense_scores``). ``batch_size``: images per
     loader batch. ``crop_batch``: most crops per forward pass in multi-crop (the evaluator's
     default: 4 x batch_size, at least one image's crops). ``device`` and ``amp``: the runtime
-    to build (``verydeep.runtime``) when the caller passes none.
+    to build (``verydeep.runtime``) when the caller passes none. ``posteriors_dtype``: the
+    stored posteriors' dtype (``posterior_store.DTYPES``; float32 for bit-for-bit float32 sums).
     """
 
     flip: bool = True
@@ -28,6 +30,7 @@ class EvalOptions:
     progress: bool = True
     device: str | torch.device = "auto"
     amp: str = "auto"
+    posteriors_dtype: str = DEFAULT_DTYPE
 
     def runtime(self, local_rank: int = 0) -> Runtime:
         return build_runtime(self.device, self.amp, local_rank=local_rank)

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import csv
 import datetime
+import errno
 import hashlib
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
 
 from verydeep.atomic_write import write_text_atomic
+from verydeep.errors import OutputError
 from verydeep.topk import per_class_accuracy
 
 
@@ -87,6 +90,25 @@ def report_row(row: dict, given: list[str] | None = None) -> dict:
     if given is not None:
         out["nets"] = [str(g) for g in given]
     return out
+
+
+def check_output_file(path: str | Path, flag: str) -> Path:
+    """Refuse, in one line (``OutputError``, exit 7), an output file that cannot be written: a
+    folder where the file should be, a parent that is a file, a read-only place. Writes nothing
+    but a probe, removed at once (the parent folder is created)."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "a folder, not a file")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise NotADirectoryError(errno.ENOTDIR, "a file stands where its folder should be") from None
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise OutputError(e.errno or errno.EIO, f"{flag} {path}: cannot write it: {e.strerror or e}") from None
+    return path
 
 
 def write_report(path: str | Path, header: dict, rows: list[dict], *, complete: bool = True,

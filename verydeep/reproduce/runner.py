@@ -4,7 +4,7 @@ posteriors for Table 6.
 
 Everything on disk lives under the output folder: a folder per run (as ``verydeep train``
 writes it, plus ``reproduce.json``: the training time spent on it so far), ``eval/`` (per
-net: the rows as JSON, the posteriors Table 6 fuses as safetensors), and the report.
+net: the rows as JSON, the posterior store Table 6 fuses), and the report.
 """
 
 from __future__ import annotations
@@ -19,11 +19,8 @@ from pathlib import Path
 from verydeep.data import discover
 from verydeep.errors import Interrupted
 from verydeep.evaluate import EvalOptions, RowSpec, evaluate_rows, load_eval_net
-from verydeep.evaluate.posteriors_file import (
-    fuse_saved,
-    load_posteriors,
-    save_posteriors,
-)
+from verydeep.evaluate.posterior_store import INDEX
+from verydeep.evaluate.store_fusion import fuse_stores
 from verydeep.reproduce.chain import DONE, INTERRUPTED, PlannedRun, run_status
 from verydeep.reproduce.tables import Cell, Eval, evaluations_by_run
 from verydeep.runtime import build_runtime
@@ -92,7 +89,7 @@ def evaluate_run(run_dir: Path, wanted: dict[Eval, bool], settings: EvalSettings
     ``eval/<run>.json`` when that was computed from the same ``best.pt``, else evaluated in one
     sweep (one read of the data per test scale for all protocols)."""
     name = run_dir.name
-    cache, posteriors = settings.eval_dir / f"{name}.json", settings.eval_dir / f"{name}.posteriors.safetensors"
+    cache, posteriors = settings.eval_dir / f"{name}.json", settings.eval_dir / f"{name}.posteriors"
     stamp = _stamp(run_dir / "best.pt")
     try:
         cached = json.loads(cache.read_text())
@@ -100,7 +97,7 @@ def evaluate_run(run_dir: Path, wanted: dict[Eval, bool], settings: EvalSettings
         cached = {}
     rows = {Eval(name, r["protocol"], r["which"]): r for r in cached.get("rows", [])}
     fresh = cached.get("checkpoint") == stamp
-    if fresh and all(e in rows for e in wanted) and (posteriors.is_file() or not any(wanted.values())):
+    if fresh and all(e in rows for e in wanted) and ((posteriors / INDEX).is_file() or not any(wanted.values())):
         return {e: rows[e] for e in wanted}
     net = load_eval_net(run_dir)
     data_cfg = dataclasses.replace(net.data, root=str(settings.data_root))
@@ -111,10 +108,9 @@ def evaluate_run(run_dir: Path, wanted: dict[Eval, bool], settings: EvalSettings
     t = time.perf_counter()
     result = evaluate_rows([net], data_cfg, samples, specs, classes=splits.classes,
                            options=EvalOptions(batch_size=settings.batch_size, progress=settings.progress),
-                           runtime=build_runtime(settings.device), keep_posteriors=any(wanted.values()))
+                           runtime=build_runtime(settings.device),
+                           save_posteriors=posteriors if any(wanted.values()) else None)
     log.info("%s: %d evaluations in %.0f s", name, len(evals), time.perf_counter() - t)
-    if any(wanted.values()):
-        save_posteriors(result, posteriors)
     rows = {e: {**row, "which": e.scales, "posteriors_row": i} for i, (e, row) in enumerate(zip(evals, result.rows))}
     settings.eval_dir.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"checkpoint": stamp, "seconds": time.perf_counter() - t,
@@ -140,9 +136,9 @@ def evaluate_cells(cells: list[Cell], settings: EvalSettings) -> TableResults:
     out = TableResults()
     for cell in cells:
         if cell.fused:
-            files = [f"{settings.eval_dir / e.run}.posteriors.safetensors#{by_run[e.run][e]['posteriors_row']}"
-                     for e in cell.evals]
-            row, _ = fuse_saved([load_posteriors(f) for f in files])
+            stores = [f"{settings.eval_dir / e.run}.posteriors#{by_run[e.run][e]['posteriors_row']}"
+                      for e in cell.evals]
+            row, _, _ = fuse_stores(stores)
         else:
             (e,) = cell.evals
             row = by_run[e.run][e]

@@ -8,7 +8,7 @@ import sys
 
 from verydeep.cli.vocabulary import (add_amp, add_batch_size, add_checkpoint, add_data, add_device, add_ema, add_json,
                                      add_out, add_workers, deprecated, emit_json, positive_int)
-from verydeep.errors import OutputError
+from verydeep.errors import OutputError, UsageError
 
 
 def _scale_sets(values: list[str] | None) -> list[str | list[int] | list[list[int]]]:

@@ -18,7 +18,7 @@ from verydeep.train import step as step_module
 from verydeep.train.checkpoint import load_checkpoint
 from verydeep.train.loop import train
 from verydeep.train.optim import parameter_groups
-from verydeep.train.step import NonFiniteLossError, TooManySkippedSteps
+from verydeep.train.nonfinite import NonFiniteLossError, TooManySkippedSteps
 
 from .conftest import TINY_OVERRIDES
 

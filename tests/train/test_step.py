@@ -18,7 +18,8 @@ from verydeep.train.config import OptimConfig, ScheduleConfig
 from verydeep.train.metrics import TrainMeter
 from verydeep.train.optim import build_optimizer, kernel_choice, parameter_groups
 from verydeep.train.schedules import LRSchedule
-from verydeep.train.step import NonFiniteLossError, StepSettings, skips_on_device, train_step
+from verydeep.train.nonfinite import APPLIED, DIVERGED, SKIPPED, NonFiniteLossError
+from verydeep.train.step import StepSettings, skips_on_device, train_step
 
 
 def _setup(optimizer="sgd", fused=False, seed=0):
@@ -62,7 +63,7 @@ def _poison(monkeypatch, value=float("inf")):
 
 
 def _step(strategy, opt, scaler, schedule, batch, n, **settings):
-    return train_step(strategy, opt, scaler, schedule, *batch, step=n, settings=StepSettings(**settings))
+    return train_step(strategy, opt, scaler, schedule, *batch, step=n, settings=StepSettings(**settings)).loss
 
 
 class NoHostReads:
@@ -166,11 +167,17 @@ def test_optimiser_kernels_per_device():
 
 def test_meter_reports_the_mean_of_applied_steps_and_the_skipped_ones():
     meter = TrainMeter(torch.device("cpu"))
+    # unchecked steps (status None): a non-finite loss counts as skipped
     for step, value in enumerate([1.0, float("nan"), 3.0, float("inf")]):
         meter.add(step, torch.tensor(value, dtype=torch.float64), images=2)
-    assert meter.take_skipped() == [(1, pytest.approx(float("nan"), nan_ok=True)), (3, float("inf"))]
+    assert meter.take_skipped() == [(1, pytest.approx(float("nan"), nan_ok=True), SKIPPED), (3, float("inf"), SKIPPED)]
     loss, images_per_s, skipped = meter.report()
     assert loss == 2.0 and skipped == [] and images_per_s > 0
     meter.add(4, torch.tensor(float("nan")), images=2)
     loss, _, skipped = meter.report()
-    assert loss is None and [s for s, _ in skipped] == [4]
+    assert loss is None and [s for s, *_ in skipped] == [4]
+    # checked steps: a finite loss whose gradient was non-finite is skipped and not averaged
+    for step, (value, status) in enumerate([(5.0, APPLIED), (7.0, SKIPPED), (9.0, DIVERGED)], start=5):
+        meter.add(step, torch.tensor(value), images=2, status=torch.tensor(float(status)))
+    loss, _, skipped = meter.report()
+    assert loss == 5.0 and skipped == [(6, 7.0, SKIPPED), (7, 9.0, DIVERGED)]

@@ -124,7 +124,7 @@ class BareMicroBatches:
 
     def __init__(self, strategy: ParallelStrategy, net: torch.nn.Module, accum: int) -> None:
         self.strategy, self.net, self.accum = strategy, net, accum
-        self.dist = strategy.dist
+        self.dist, self.local_module = strategy.dist, strategy.local_module
 
     def forward_backward(self, images, labels, loss_fn, *, amp_dtype=None, loss_scale=1.0):
         return forward_backward_slices(self.net, images, labels, self.accum, amp_dtype, loss_scale, loss_fn)

@@ -5,9 +5,11 @@ What is checked, every step, on the device (no host read on CUDA):
 - before the update, the loss and every gradient: one NaN or inf and the update is dropped,
   weights, momentum and step counts untouched (:func:`nonfinite_flag` over them feeds the
   fused optimisers' ``found_inf``, the flag ``torch.amp`` uses);
-- after the update, every weight: a finite loss and finite gradients can still blow the
-  weights up (a learning rate far too high); that run has diverged and stops (exit code 5)
-  whatever the policy, since the update cannot be taken back.
+- after the update (applied or dropped), every weight and batch-norm running statistic: a
+  finite loss and finite gradients can still blow them up (a learning rate far too high),
+  and the forward updates the running statistics even when the update is dropped (a
+  training-mode forward never reads them; validation does); that run has diverged and stops
+  (exit code 5) whatever the policy, since neither can be taken back.
 
 The policy (``train.nonfinite``) says what a dropped update does to the run: ``stop`` ends it
 (exit code 5, one line naming the step and what is on disk), ``skip`` counts it and trains on,
@@ -78,7 +80,7 @@ class NonFiniteStep:
 
     def describe(self) -> str:
         if self.status == DIVERGED:
-            return f"the weights became non-finite at step {self.step} (loss {self.loss:g})"
+            return f"the weights (or batch-norm statistics) became non-finite at step {self.step} (loss {self.loss:g})"
         if not math.isfinite(self.loss):
             return f"loss is {self.loss} at step {self.step}"
         return f"a gradient is non-finite at step {self.step} (loss {self.loss:g})"
@@ -139,7 +141,7 @@ class NonFiniteAccounting:
         last = self.run_dir / "last.pt"
         saved = (f"{last} holds the last good state" if last.is_file()
                  else f"no checkpoint was written before it (nothing in {self.run_dir} to resume from)")
-        advice = ("lower optim.lr" if event.status == DIVERGED
+        advice = ("the run diverged: lower optim.lr" if event.status == DIVERGED
                   else "set train.nonfinite=skip to skip such steps, or lower optim.lr")
         return event.error(f"{event.describe()} (epoch {state.epoch + 1}, batch {batch}); stopped without "
                            f"saving: {saved} ({advice})")

@@ -24,7 +24,7 @@ import torch
 
 from verydeep.parallel.strategy import ParallelStrategy
 from verydeep.train.loss import LossFn, classification_loss
-from verydeep.train.nonfinite import APPLIED, DIVERGED, SKIPPED, NonFiniteStep, nonfinite_flag
+from verydeep.train.nonfinite import DIVERGED, SKIPPED, NonFiniteStep, nonfinite_flag
 from verydeep.train.optim import initialise_momentum
 from verydeep.train.schedules import LRSchedule
 
@@ -98,21 +98,22 @@ def train_step(strategy: ParallelStrategy, optimizer: torch.optim.Optimizer, sca
     # lowers the scale), so only the loss is ours to check.
     checked = [loss] if scaler.is_enabled() else [loss, *(p.grad for p in params if p.grad is not None)]
     found_inf = strategy.any_rank(nonfinite_flag(checked, loss.device))
-    if skips_on_device(optimizer, scaler):
+    on_device = skips_on_device(optimizer, scaler)
+    if on_device:
         _update(strategy, optimizer, scaler, settings, found_inf=found_inf)
     elif found_inf.item():  # a host read: the step's only one before the update, and only on this path
         optimizer.zero_grad(set_to_none=True)
-        if settings.nonfinite == "skip":
-            return StepResult(loss, torch.tensor(SKIPPED, device=loss.device))
-        raise NonFiniteStep(step, loss.item(), SKIPPED).error()
+        if settings.nonfinite != "skip":
+            raise NonFiniteStep(step, loss.item(), SKIPPED).error()
     else:
         _update(strategy, optimizer, scaler, settings)
-    diverged = strategy.any_rank(nonfinite_flag(params, loss.device))
-    if not skips_on_device(optimizer, scaler):
-        if diverged.item():
-            raise NonFiniteStep(step, loss.item(), DIVERGED).error()
-        return StepResult(loss, torch.tensor(APPLIED, device=loss.device))
-    # a dropped update left the weights as they were: finite
+    # The weights and the batch-norm running statistics, which the forward updated even when
+    # the update was dropped: a finite loss can hide statistics that overflowed (a training
+    # forward never reads them; validation does).
+    buffers = [b for b in strategy.local_module.buffers() if b.is_floating_point()]
+    diverged = strategy.any_rank(nonfinite_flag([*params, *buffers], loss.device))
+    if not on_device and diverged.item():
+        raise NonFiniteStep(step, loss.item(), DIVERGED).error()
     return StepResult(loss, torch.maximum(found_inf * SKIPPED, diverged * DIVERGED))
 
 

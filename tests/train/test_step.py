@@ -15,7 +15,7 @@ from verydeep.parallel.config import ParallelConfig
 from verydeep.parallel.distributed import DistInfo
 from verydeep.parallel.strategy import build_strategy
 from verydeep.train import step as step_module
-from verydeep.train.config import OptimConfig, ScheduleConfig
+from verydeep.training_config import OptimConfig, ScheduleConfig
 from verydeep.train.metrics import TrainMeter
 from verydeep.train.optim import build_optimizer, kernel_choice, parameter_groups
 from verydeep.train.schedules import LRSchedule

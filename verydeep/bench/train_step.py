@@ -48,7 +48,7 @@ from verydeep.parallel.config import ParallelConfig
 from verydeep.parallel.distributed import DistInfo
 from verydeep.parallel.strategy import ParallelStrategy, build_strategy
 from verydeep.runtime import build_runtime
-from verydeep.train.config import OptimConfig, ScheduleConfig
+from verydeep.training_config import OptimConfig, ScheduleConfig
 from verydeep.train.optim import build_optimizer, parameter_groups
 from verydeep.train.schedules import LRSchedule
 from verydeep.train.step import StepSettings, train_step

@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 
 from verydeep.errors import UsageError
+from verydeep.training_config import AMP_MODES  # imports no torch: the parsers build without it
 
 # --- one rule per concept ---------------------------------------------------------------------
 
 DEVICE_HELP = "auto (this process's GPU if torch sees one, else the CPU), cpu, cuda or cuda:N"
-AMP_CHOICES = ("auto", "none", "bf16", "fp16")  # verydeep.runtime.AMP_MODES; no torch import to build a parser
 AMP_HELP = "autocast precision: auto (bf16 on CUDA, fp32 on CPU), none (fp32), bf16 or fp16"
 
 
@@ -62,7 +62,7 @@ def add_device(p: argparse.ArgumentParser, default: str | None = "auto", key: st
 
 def add_amp(p: argparse.ArgumentParser, default: str | None = "auto", key: str = "",
             default_text: str = "the recipe's") -> None:
-    p.add_argument("--amp", choices=AMP_CHOICES, default=default,
+    p.add_argument("--amp", choices=AMP_MODES, default=default,
                    help=(f"{key}: " if key else "") + AMP_HELP + f"; default: {default or default_text}")
 
 

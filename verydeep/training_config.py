@@ -1,4 +1,12 @@
-"""Optimiser, LR-schedule and loop sections of a run configuration (defaults: the paper's)."""
+"""The training sections of a run configuration: optimiser, LR schedule and loop (``optim``,
+``schedule``, ``train``; defaults: the paper's).
+
+They live here, not in ``verydeep/train/`` beside the code that reads them, because the
+training package takes the whole run configuration (``verydeep.config.Config``), which is
+composed of these sections: inside ``train/`` they would make the packages ``config`` and
+``train`` import each other. Like every section module, this one imports nothing from the
+package (the CLI builds its parsers from it without torch).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,7 @@ from dataclasses import dataclass, field
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("plateau", "step", "multistep", "cosine", "constant")
-AMP_MODES = ("auto", "none", "bf16", "fp16")
+AMP_MODES = ("auto", "none", "bf16", "fp16")  # train.amp, --amp; resolved by verydeep.runtime.resolve_amp
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")  # what verydeep.runtime.resolve_device takes
 
 

@@ -170,19 +170,8 @@ def emit_json(obj, dest: str) -> Path | None:
     return path
 
 
-def deprecated(old: str, new: str) -> None:
-    """One line on stderr for an old spelling that still works."""
-    print(f"verydeep: note: {old} is deprecated and will be removed; use {new}", file=sys.stderr)
-
-
-def data_or_positional(args: argparse.Namespace, positional: str = "path") -> str:
-    """``--data``, or the deprecated positional folder of the data commands."""
-    old = getattr(args, positional, None)
-    if old is not None and args.data is not None and old != args.data:
-        raise UsageError(f"two dataset folders given: {old} and --data {args.data}")
-    if old is not None and args.data is None:
-        deprecated(f"the positional folder ({old})", f"--data {old}")
-    value = args.data or old
-    if value is None:
+def dataset_folder(args: argparse.Namespace) -> str:
+    """``--data``, which the data commands need."""
+    if args.data is None:
         raise UsageError("no dataset folder: give --data DIR")
-    return value
+    return args.data

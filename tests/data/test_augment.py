@@ -34,7 +34,7 @@ def test_random_erasing_fills_a_rectangle_with_the_mean_colour():
     rows, cols = np.nonzero(changed)
     assert changed.sum() > 0
     box = out[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-    assert np.all(box == [128, 64, 191])  # round(255 * mean): 0 once normalised
+    assert np.all(box == [128, 64, 191])  # round(255 * mean): 0 once normalized
 
 
 def one_hot(labels, k):

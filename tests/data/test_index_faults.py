@@ -6,7 +6,7 @@ import os
 import time
 
 import pytest
-from conftest import WNIDS, write_class_folders, write_image
+from .conftest import WNIDS, write_class_folders, write_image
 from PIL import Image
 
 from verydeep.cli.main import main

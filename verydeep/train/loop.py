@@ -237,5 +237,6 @@ def _log_summary(run: Run, state: TrainState) -> None:
     files = [run.run_dir / name for name in ("best.pt", "last.pt", "metrics.jsonl") if (run.run_dir / name).is_file()]
     best = state.best_top1_error
     log.info("%s; best val top-1 error %s; %d steps skipped (non-finite loss or gradient); written: %s",
-             state.stopped_because or "stopped", "n/a (no finite validation yet)" if best is None else f"{best:.2f}%",
+             state.stopped_because or "stopped", f"{best:.2f}%" if best is not None else
+             "n/a (no validation with finite results)" if state.last_val else "n/a (no validation yet)",
              state.skipped_steps, ", ".join(str(p) for p in [*files, *([png] if png else [])]) or "nothing")

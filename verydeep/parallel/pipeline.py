@@ -42,7 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 from verydeep.models.vgg import VGG
 from verydeep.models.weights import clean_state_dict
 from verydeep.parallel.distributed import DistInfo
-from verydeep.parallel.base import ParallelStrategy, check_full_state_dict, upcast
+from verydeep.parallel.base import ParallelStrategy, check_full_state_dict
 from verydeep.runtime import autocast
 
 log = logging.getLogger(__name__)

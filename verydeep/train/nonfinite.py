@@ -32,10 +32,9 @@ from torch.distributed.tensor import DTensor
 from verydeep.errors import EXIT_DIVERGED, VerydeepError
 from verydeep.train.metrics import MetricsLog
 from verydeep.train.state import TrainState
+from verydeep.training_config import NONFINITE_POLICIES
 
 log = logging.getLogger(__name__)
-
-NONFINITE_POLICIES = ("stop", "skip")
 
 # A step's status, as the step returns it (a 0-d device tensor) and the loop reads it back.
 APPLIED, SKIPPED, DIVERGED = 0, 1, 2

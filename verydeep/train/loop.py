@@ -25,7 +25,7 @@ from verydeep.train.plot import plot_run
 from verydeep.train.setup import Run, setup
 from verydeep.train.state import TrainState
 from verydeep.train.nonfinite import Diverged
-from verydeep.train.step import train_step
+from verydeep.train.step import StepResult, train_step
 from verydeep.train.validate import validate
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def train_one_epoch(run: Run, state: TrainState, stop: StopFlag) -> int:
     return bad_files
 
 
-def _step(run: Run, state: TrainState, images: torch.Tensor, labels: torch.Tensor):
+def _step(run: Run, state: TrainState, images: torch.Tensor, labels: torch.Tensor) -> StepResult:
     try:
         return train_step(run.strategy, run.optimizer, run.scaler, run.schedule, images, labels, step=state.step,
                           settings=run.step_settings)

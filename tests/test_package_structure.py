@@ -1,5 +1,5 @@
-"""The package's import graph: no cycles (lazy imports included), no imports of another
-module's underscore names. Read from the source with ``ast``, so a cycle hidden inside a
+"""The package's import graph: no cycles between modules nor between sub-packages (lazy
+imports included), no imports of another module's underscore names. Read from the source with ``ast``, so a cycle hidden inside a
 function body still counts."""
 
 from __future__ import annotations
@@ -95,9 +95,26 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def package_graph(edges: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The module graph folded onto the package's parts: each sub-package (``verydeep.train``,
+    everything under it) and each top-level module (``verydeep.config``) is one node."""
+    def part(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    folded: dict[str, set[str]] = {part(m): set() for m in edges}
+    for src, targets in edges.items():
+        folded[part(src)].update(part(t) for t in targets if part(t) != part(src))
+    return folded
+
+
 def test_import_graph_has_no_cycles():
     edges, _ = module_graph()
     assert cycles(edges) == []
+
+
+def test_no_cycle_between_sub_packages():
+    edges, _ = module_graph()
+    assert cycles(package_graph(edges)) == []
 
 
 def test_no_module_imports_another_modules_private_names():
@@ -129,9 +146,18 @@ def test_the_checker_sees_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+def test_the_checker_sees_a_cycle_between_packages_that_modules_do_not_have():
+    """config imports train.config, train.loop imports config: no module cycle, a package one."""
+    edges = {"verydeep.config": {"verydeep.train.config"}, "verydeep.train.config": set(),
+             "verydeep.train.loop": {"verydeep.config"}}
+    assert cycles(edges) == []
+    assert cycles(package_graph(edges)) == [["verydeep.config", "verydeep.train"]]
+
+
 if __name__ == "__main__":  # python tests/test_package_structure.py: print the graph's cycles
     graph, names = module_graph()
     print(f"{len(graph)} modules, {sum(map(len, graph.values()))} imports")
     print("cycles:", cycles(graph) or "none")
+    print("cycles between sub-packages:", cycles(package_graph(graph)) or "none")
     print("underscore names imported from other modules:", names or "none")
     print(f"functions over {MAX_FUNCTION_LINES} lines without a reason:", long_functions() or "none")

@@ -2,7 +2,7 @@
 
 A recipe (``verydeep/recipes/*.yaml``, found by name or as a path) names only what differs from the defaults, which live in the
 section dataclasses (``verydeep.models.config``, ``verydeep.data.config``,
-``verydeep.train.config``, ``verydeep.parallel.config``). Every value can be overridden with
+``verydeep.training_config``, ``verydeep.parallel.config``). Every value can be overridden with
 ``--set section.key=value`` (the value is parsed as YAML). Unknown keys and wrong types are
 rejected with the key named.
 """
@@ -24,7 +24,7 @@ from verydeep.data.config import DataConfig
 from verydeep.errors import UsageError
 from verydeep.models.config import ModelConfig
 from verydeep.parallel.config import ParallelConfig
-from verydeep.train.config import OptimConfig, ScheduleConfig, TrainConfig
+from verydeep.training_config import OptimConfig, ScheduleConfig, TrainConfig
 
 
 RECIPES_PACKAGE = "verydeep.recipes"  # one YAML per recipe, shipped inside the package

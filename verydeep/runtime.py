@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-AMP_MODES = ("auto", "none", "bf16", "fp16")
+from verydeep.training_config import AMP_MODES
 
 
 def resolve_device(name: str | torch.device | None = "auto", local_rank: int = 0) -> torch.device:

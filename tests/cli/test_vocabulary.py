@@ -99,21 +99,23 @@ def test_a_bad_device_is_named(tmp_path, capsys):
     assert rc == 2 and "train: device" in err and "cuda:N" in err and "tpu" in err
 
 
-def test_old_spellings_still_work_with_a_note(tmp_path, capsys):
+def test_one_spelling_per_flag_the_old_ones_are_refused(tmp_path, capsys):
     from tests.data.conftest import WNIDS, write_class_folders
 
     root = tmp_path / "ds"
     write_class_folders(root / "train", WNIDS, per_class=2)
-    assert main(["data", "info", str(root), "--index-cache", str(tmp_path / "cache")]) == 0
-    captured = capsys.readouterr()
-    assert "train:   6 images" in captured.out and "use --data" in captured.err
     assert main(["data", "info", "--data", str(root), "--index-cache", str(tmp_path / "cache")]) == 0
-    assert "deprecated" not in capsys.readouterr().err
-    out = tmp_path / "stats.json"
-    assert main(["data", "stats", str(root), "--images", "2", "--workers", "0", "--out", str(out)]) == 0
-    assert json.loads(out.read_text())["images"] == 2 and "--json" in capsys.readouterr().err
+    assert "train:   6 images" in capsys.readouterr().out
     assert main(["data", "stats", "--data", str(root), "--images", "2", "--workers", "0", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 2  # --json alone: stdout
+    for old in (["data", "info", str(root)], ["data", "stats", "--data", str(root), "--out", str(tmp_path / "s")],
+                ["data", "prepare", str(root), str(tmp_path / "copy")], ["data", "demo", str(tmp_path / "demo")],
+                ["export", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x"), "--dynamo"]):
+        with pytest.raises(SystemExit) as e:
+            main(old)
+        assert e.value.code == 2, old
+        assert "unrecognized arguments" in capsys.readouterr().err
+    assert not (tmp_path / "copy").exists() and not (tmp_path / "demo").exists()
 
 
 def test_export_without_onnx_names_the_extra(monkeypatch, tmp_path, capsys):
@@ -134,7 +136,7 @@ def test_a_run_folder_stands_for_its_best_checkpoint_everywhere(tmp_path):
     from verydeep.checkpoint import resolve, save_weights
     from verydeep.models import create_model
     from verydeep.models.config import ModelConfig
-    from verydeep.models.from_config import model_from_config
+    from verydeep.train.starting_net import model_from_config
 
     run = tmp_path / "runs" / "A"
     run.mkdir(parents=True)

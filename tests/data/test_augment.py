@@ -34,7 +34,7 @@ def test_random_erasing_fills_a_rectangle_with_the_mean_colour():
     rows, cols = np.nonzero(changed)
     assert changed.sum() > 0
     box = out[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-    assert np.all(box == [128, 64, 191])  # round(255 * mean): 0 once normalised
+    assert np.all(box == [128, 64, 191])  # round(255 * mean): 0 once normalized
 
 
 def one_hot(labels, k):
@@ -106,6 +106,7 @@ def test_soft_labels_train_through_the_data_parallel_step():
     from verydeep.parallel.config import ParallelConfig
     from verydeep.parallel.distributed import DistInfo
     from verydeep.parallel.strategy import build_strategy
+    from verydeep.train.loss import classification_loss
 
     torch.manual_seed(0)
     model = create_model("A", num_classes=5, width=1 / 16, head_size=1, dropout=0.0).double()
@@ -115,7 +116,7 @@ def test_soft_labels_train_through_the_data_parallel_step():
     for accum in (1, 4):
         strategy = build_strategy(model, ParallelConfig(), DistInfo(), crop_size=32, accum=accum)
         model.zero_grad()
-        loss = strategy.forward_backward(x, soft)
+        loss = strategy.forward_backward(x, soft, classification_loss())
         grads.append([p.grad.clone() for p in model.parameters()])
         torch.testing.assert_close(loss, F.cross_entropy(model(x), soft).detach())
     for a, b in zip(*grads):

@@ -1,12 +1,12 @@
 """Decoding of odd files, the paper's transforms: S range and uniformity, crop geometry,
-colour shift in the given eigen basis, normalisation."""
+colour shift in the given eigen basis, normalization."""
 
 import json
 
 import numpy as np
 import pytest
 import torch
-from conftest import write_image
+from .conftest import write_image
 from PIL import Image
 
 from verydeep.data import BadImageError, DataConfig, eval_transform, load_image, normalization, sample_rng
@@ -169,7 +169,7 @@ def test_eval_crop_matches_torchvision(tmp_path):
     assert whole.shape == (32, int(32 * 57 / 43), 3)
 
 
-def test_eval_transform_normalises(tmp_path):
+def test_eval_transform_normalizes(tmp_path):
     path = tmp_path / "flat.png"
     Image.new("RGB", (50, 40), (255, 0, 51)).save(path)
     cfg = DataConfig(normalize="mean_std", mean=[0.5, 0.5, 0.5], std=[0.5, 0.25, 0.2])

@@ -4,7 +4,7 @@ import os
 import time
 
 import pytest
-from conftest import WNIDS, write_class_folders, write_flat_val, write_image
+from .conftest import WNIDS, write_class_folders, write_flat_val, write_image
 
 from verydeep.data import DataError, discover
 from verydeep.data.index_cache import scan_folder

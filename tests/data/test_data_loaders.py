@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import write_image
+from .conftest import write_image
 
 from verydeep.data import DataConfig, build_eval_loader, build_train_loader, epoch_permutation
 
@@ -47,7 +47,7 @@ def test_batches_shape_and_len(samples):
     assert torch.equal(torch.cat([b[1] for b in batches]), torch.tensor([samples[i][1] for i in perm[:24]]))
 
 
-def test_workers_hand_over_uint8_and_normalisation_matches_the_cpu_formula(samples):
+def test_workers_hand_over_uint8_and_normalization_matches_the_cpu_formula(samples):
     """Workers return uint8 NHWC crops; ``normalize_batch`` gives exactly the per-batch formula
     of ``to_normalized_batch``, in either memory format (channels_last is what CUDA runs use)."""
     import numpy as np
@@ -64,13 +64,13 @@ def test_workers_hand_over_uint8_and_normalisation_matches_the_cpu_formula(sampl
         assert torch.equal(got, expected)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         assert got.is_contiguous(memory_format=fmt)
-    # For CPU training the worker normalises: the same values through the public API.
+    # For CPU training the worker normalizes: the same values through the public API.
     x, y, _ = epoch_batches(cfg(normalize="mean_std"), samples)[1]
     assert torch.equal(x, expected) and torch.equal(y, labels) and not np.isnan(x.numpy()).any()
     ds.raw = False
     x, shifts, _, _ = ds[(0, 1)]
     assert shifts is None and torch.equal(x, expected)
-    # The accelerator path (raw batches normalised by the loader's consumer), run on the CPU:
+    # The accelerator path (raw batches normalized by the loader's consumer), run on the CPU:
     # the same batches as the CPU path, in both memory formats.
     from verydeep.data.loaders import TrainLoader
 

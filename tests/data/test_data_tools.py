@@ -4,7 +4,7 @@ import argparse
 import json
 
 import numpy as np
-from conftest import WNIDS, write_class_folders, write_image
+from .conftest import WNIDS, write_class_folders, write_image
 from PIL import Image
 
 from verydeep.cli import data as data_cli

@@ -6,7 +6,7 @@ import os
 import time
 
 import pytest
-from conftest import WNIDS, write_class_folders, write_image
+from .conftest import WNIDS, write_class_folders, write_image
 from PIL import Image
 
 from verydeep.cli.main import main
@@ -54,7 +54,7 @@ def test_data_check_lists_loops_and_fifos_and_exits_non_zero(train_root, cfg_for
     result = check_path(train_root, index_cache=cfg_for(train_root).index_cache, progress=False)
     reasons = dict(result["bad"])
     assert "not a regular file" in reasons[str(fifo)] and result["images"] == 9
-    assert main(["data", "check", str(train_root), "--workers", "0", "--index-cache",
+    assert main(["data", "check", "--data", str(train_root), "--workers", "0", "--index-cache",
                  cfg_for(train_root).index_cache]) == 1
     out = capsys.readouterr().out
     assert f"BAD {fifo}: not a regular file" in out and "loop" in out

@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 
 from verydeep.models import create_model
+from verydeep.train.loss import classification_loss
 
 CROP = 32
 CLASSES = 10
+LOSS = classification_loss()  # the training step's criterion, handed to forward_backward
 
 
 def tiny_model(seed: int = 0, config: str = "A"):

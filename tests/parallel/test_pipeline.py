@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from verydeep.models import VGG, VGGSpec
 from verydeep.parallel.pipeline import PipelineParallel, balanced_split, plan_stages, vgg_units
 
-from .helpers import CROP, assert_close, batch, sgd, tiny_model
+from .helpers import CROP, LOSS, assert_close, batch, sgd, tiny_model
 from .launch import run_ranks
 
 STEPS = 3
@@ -24,7 +24,7 @@ def _pipeline_rank(info, schedule: str, stages: int, global_batch: int, check_er
 
     # one step: loss and gradients against the unsplit net on the whole global batch
     x, y = batch(global_batch, seed=0)
-    loss = strat.forward_backward(x[mine], y[mine])
+    loss = strat.forward_backward(x[mine], y[mine], LOSS)
     ref_loss = F.cross_entropy(ref(x), y)
     ref_loss.backward()
     assert_close(loss, ref_loss.detach(), "loss")
@@ -37,7 +37,7 @@ def _pipeline_rank(info, schedule: str, stages: int, global_batch: int, check_er
     for step in range(1, STEPS):
         opt.zero_grad(set_to_none=True), ref_opt.zero_grad(set_to_none=True)
         x, y = batch(global_batch, seed=step)
-        strat.forward_backward(x[mine], y[mine])
+        strat.forward_backward(x[mine], y[mine], LOSS)
         F.cross_entropy(ref(x), y).backward()
         opt.step(), ref_opt.step()
     for name, p in strat.stage_module.named_parameters():
@@ -104,7 +104,7 @@ def _bad_config(info) -> list[str]:
     strat = PipelineParallel(tiny_model(), info, stages=2, microbatches=3, crop_size=CROP)
     x, y = batch(8, seed=0)
     try:
-        strat.forward_backward(x, y)
+        strat.forward_backward(x, y, LOSS)
     except ValueError as e:
         msgs.append(str(e))
     return msgs

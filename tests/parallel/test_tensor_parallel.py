@@ -12,7 +12,7 @@ from verydeep.models import VGG, create_model
 from verydeep.parallel.config import ParallelConfig
 from verydeep.parallel.strategy import build_strategy
 
-from .helpers import CROP, assert_close, batch, sgd, tiny_model
+from .helpers import CROP, LOSS, assert_close, batch, sgd, tiny_model
 from .launch import run_ranks
 
 STEPS = 3
@@ -32,7 +32,7 @@ def _strategy_rank(info, parallel: dict, global_batch: int, accum: int) -> dict:
     ref_params = dict(ref.named_parameters())
 
     x, y = batch(global_batch, seed=0)
-    loss = strat.forward_backward(x[mine], y[mine])
+    loss = strat.forward_backward(x[mine], y[mine], LOSS)
     ref_loss = F.cross_entropy(ref(x), y)
     ref_loss.backward()
     assert_close(loss, ref_loss.detach(), "loss")
@@ -47,7 +47,7 @@ def _strategy_rank(info, parallel: dict, global_batch: int, accum: int) -> dict:
     for step in range(1, STEPS):
         opt.zero_grad(set_to_none=True), ref_opt.zero_grad(set_to_none=True)
         x, y = batch(global_batch, seed=step)
-        strat.forward_backward(x[mine], y[mine])
+        strat.forward_backward(x[mine], y[mine], LOSS)
         F.cross_entropy(ref(x), y).backward()
         opt.step(), ref_opt.step()
     for name, p in model.named_parameters():

@@ -14,7 +14,8 @@ from verydeep.models import create_model
 from verydeep.train import step
 from verydeep.train.loop import train
 from verydeep.train.setup import batch_plan
-from verydeep.train.step import NonFiniteLossError
+from verydeep.train.loss import classification_loss
+from verydeep.train.nonfinite import NonFiniteLossError
 
 from .conftest import TINY_OVERRIDES
 
@@ -75,7 +76,7 @@ def test_accumulation_gives_identical_gradients():
     for accum in (1, 2, 4):
         strategy = build_strategy(model, ParallelConfig(), DistInfo(), crop_size=32, accum=accum)
         model.zero_grad()
-        losses.append(step.forward_backward(strategy, x, y, None, scaler, 0.0))
+        losses.append(step.forward_backward(strategy, x, y, classification_loss(), None, scaler))
         grads.append([p.grad.clone() for p in model.parameters()])
     for loss, g in zip(losses[1:], grads[1:]):
         torch.testing.assert_close(loss, losses[0], rtol=0, atol=1e-12)

@@ -7,7 +7,7 @@ import torch
 from verydeep.checkpoint import load, save_weights
 from verydeep.config import load_config
 from verydeep.models import create_model
-from verydeep.train.config import OptimConfig
+from verydeep.training_config import OptimConfig
 from verydeep.train.loop import train
 from verydeep.train.optim import build_optimizer, freeze_convolutions
 

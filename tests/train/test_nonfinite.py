@@ -18,7 +18,7 @@ from verydeep.train import setup as run_setup
 from verydeep.train import step as step_module
 from verydeep.train.loop import train
 from verydeep.train.optim import parameter_groups
-from verydeep.train.step import NonFiniteLossError, TooManySkippedSteps
+from verydeep.train.nonfinite import NonFiniteLossError, NonFiniteWeights, TooManySkippedSteps
 
 from .conftest import TINY_OVERRIDES
 
@@ -110,3 +110,91 @@ def test_the_skipped_count_reaches_the_cli_as_exit_code_5(tiny_imagenet, tmp_pat
     assert _train_cli(tiny_imagenet, tmp_path / "run", "train.plot=false", "train.nonfinite=skip") == EXIT_DIVERGED
     err = capsys.readouterr().err
     assert "Traceback" not in err and "7 of 8 steps had a non-finite loss" in err
+
+
+def _finite_checkpoints(run_dir):
+    """The checkpoints in ``run_dir``, each asserted to hold finite tensors only."""
+    found = []
+    for name in ("best.pt", "last.pt"):
+        if (run_dir / name).exists():
+            weights = load_checkpoint(run_dir / name)["model"]
+            assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point()), name
+            found.append(name)
+    return found
+
+
+@pytest.mark.parametrize("lr, policy", [("1e3", "stop"), ("1e6", "skip")])
+def test_a_diverging_learning_rate_ends_the_run_without_a_non_finite_checkpoint(tiny_imagenet, tmp_path, capsys,
+                                                                                lr, policy):
+    """The settings that once left NaN/inf weights (batch-norm statistics) in best.pt and
+    last.pt with a finite loss: the run stops as diverged (exit 5), and no checkpoint it
+    leaves holds a NaN or inf."""
+    out = tmp_path / "run"
+    assert _train_cli(tiny_imagenet, out, "model.batch_norm=true", f"optim.lr={lr}", f"train.nonfinite={policy}",
+                      "train.plot=false") == EXIT_DIVERGED
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len([x for x in err.splitlines() if x.startswith("verydeep:")]) == 1
+    _finite_checkpoints(out)
+
+
+def test_a_validation_with_non_finite_loss_is_never_a_best(tiny_imagenet, tmp_path):
+    """lr 1e3 without batch norm under skip: the weights stay finite but so large that the
+    validation logits overflow (loss NaN, 66.67% "error"): no best.pt, no best error."""
+    result = train(_cfg(tiny_imagenet, "optim.lr=1e3", "train.nonfinite=skip", "train.max_skipped_share=1.0"),
+                   tmp_path / "run")
+    vals = [r for r in _records(tmp_path / "run") if r["kind"] == "val"]
+    assert vals and all(r["val_nonfinite_images"] == r["val_images"] for r in vals)
+    assert result.best_top1_error is None and _finite_checkpoints(tmp_path / "run") == ["last.pt"]
+
+
+def _plant_inf_gradient(monkeypatch, bad_calls):
+    """One gradient element is inf after the given forward_backward calls; the loss stays finite."""
+    real = step_module.forward_backward
+    calls = {"n": 0}
+
+    def planted(strategy, *a, **k):
+        loss = real(strategy, *a, **k)
+        calls["n"] += 1
+        if calls["n"] - 1 in bad_calls:
+            next(p for p in strategy.parameters() if p.grad is not None).grad.view(-1)[0] = float("inf")
+        return loss
+
+    monkeypatch.setattr(step_module, "forward_backward", planted)
+
+
+@pytest.mark.parametrize("guard", ["host", "device"])
+def test_an_inf_gradient_stops_the_run_with_exit_code_5(tiny_imagenet, tmp_path, monkeypatch, capsys, request,
+                                                       guard):
+    if guard == "device":
+        request.getfixturevalue("device_guard")
+    _plant_inf_gradient(monkeypatch, {1})
+    assert _train_cli(tiny_imagenet, tmp_path / "run", "train.plot=false") == EXIT_DIVERGED
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "a gradient is non-finite at step 1 (loss " in err
+
+
+def test_an_inf_gradient_is_skipped_and_counted_under_skip(tiny_imagenet, tmp_path, monkeypatch, device_guard):
+    _plant_inf_gradient(monkeypatch, {3})
+    result = train(_cfg(tiny_imagenet, "train.nonfinite=skip", "train.max_skipped_share=0.2"), tmp_path / "run")
+    assert result.skipped_steps == 1 and result.steps == 8
+    train_records = [r for r in _records(tmp_path / "run") if r["kind"] == "train"]
+    assert [r["skipped"] for r in train_records] == [0, 0, 0, 1, 0, 0, 0, 0]
+    assert train_records[3]["loss"] is None  # the skipped step's finite loss is not averaged in
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused_and_the_old_one_kept(tiny_imagenet, tmp_path):
+    run, state = run_setup.setup(_cfg(tiny_imagenet), tmp_path / "run")
+    try:
+        run.save_checkpoint(state, "last.pt")
+        before = (tmp_path / "run" / "last.pt").read_bytes()
+        with torch.no_grad():
+            next(run.strategy.parameters()).view(-1)[0] = float("nan")
+        for name in ("last.pt", "best.pt"):
+            with pytest.raises(NonFiniteWeights, match=f"{name} not written.*1 of .* tensors hold NaN or inf "
+                                                       r"\(features.0.weight\)") as e:
+                run.save_checkpoint(state, name)
+            assert e.value.exit_code == EXIT_DIVERGED
+        assert (tmp_path / "run" / "last.pt").read_bytes() == before and not (tmp_path / "run" / "best.pt").exists()
+    finally:
+        run.metrics.close()
+        run.release_folder()

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from verydeep.train.config import ScheduleConfig
+from verydeep.training_config import ScheduleConfig
 from verydeep.train.schedules import LRSchedule
 
 

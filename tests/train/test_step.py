@@ -1,5 +1,6 @@
-"""The training step's non-finite guard: a planted inf/NaN loss never reaches the weights or
-the optimiser state, with no host read on the fused (CUDA) path; the meter reports it."""
+"""The training step: its criterion, and its non-finite guard: a planted inf/NaN loss or
+gradient never reaches the weights or the optimiser state, with no host read on the fused
+(CUDA) path; weights the update made non-finite are reported; the meter reports both."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from verydeep.parallel.config import ParallelConfig
 from verydeep.parallel.distributed import DistInfo
 from verydeep.parallel.strategy import build_strategy
 from verydeep.train import step as step_module
-from verydeep.train.config import OptimConfig, ScheduleConfig
+from verydeep.training_config import OptimConfig, ScheduleConfig
 from verydeep.train.metrics import TrainMeter
 from verydeep.train.optim import build_optimizer, kernel_choice, parameter_groups
 from verydeep.train.schedules import LRSchedule
-from verydeep.train.step import NonFiniteLossError, StepSettings, skips_on_device, train_step
+from verydeep.train.loss import classification_loss
+from verydeep.train.nonfinite import APPLIED, DIVERGED, SKIPPED, NonFiniteLossError, NonFiniteWeights, nonfinite_flag
+from verydeep.train.step import StepSettings, skips_on_device, train_step
 
 
 def _setup(optimizer="sgd", fused=False, seed=0):
@@ -62,7 +65,7 @@ def _poison(monkeypatch, value=float("inf")):
 
 
 def _step(strategy, opt, scaler, schedule, batch, n, **settings):
-    return train_step(strategy, opt, scaler, schedule, *batch, step=n, settings=StepSettings(**settings))
+    return train_step(strategy, opt, scaler, schedule, *batch, step=n, settings=StepSettings(**settings)).loss
 
 
 class NoHostReads:
@@ -166,11 +169,107 @@ def test_optimiser_kernels_per_device():
 
 def test_meter_reports_the_mean_of_applied_steps_and_the_skipped_ones():
     meter = TrainMeter(torch.device("cpu"))
+    # unchecked steps (status None): a non-finite loss counts as skipped
     for step, value in enumerate([1.0, float("nan"), 3.0, float("inf")]):
         meter.add(step, torch.tensor(value, dtype=torch.float64), images=2)
-    assert meter.take_skipped() == [(1, pytest.approx(float("nan"), nan_ok=True)), (3, float("inf"))]
+    assert meter.take_skipped() == [(1, pytest.approx(float("nan"), nan_ok=True), SKIPPED), (3, float("inf"), SKIPPED)]
     loss, images_per_s, skipped = meter.report()
     assert loss == 2.0 and skipped == [] and images_per_s > 0
     meter.add(4, torch.tensor(float("nan")), images=2)
     loss, _, skipped = meter.report()
-    assert loss is None and [s for s, _ in skipped] == [4]
+    assert loss is None and [s for s, *_ in skipped] == [4]
+    # checked steps: a finite loss whose gradient was non-finite is skipped and not averaged
+    for step, (value, status) in enumerate([(5.0, APPLIED), (7.0, SKIPPED), (9.0, DIVERGED)], start=5):
+        meter.add(step, torch.tensor(value), images=2, status=torch.tensor(float(status)))
+    loss, _, skipped = meter.report()
+    assert loss == 5.0 and skipped == [(6, 7.0, SKIPPED), (7, 9.0, DIVERGED)]
+
+
+def _plant_inf_gradient(monkeypatch, value=float("inf")):
+    """One element of one gradient becomes ``value`` after backward; the loss stays finite."""
+    real = step_module.forward_backward
+
+    def planted(strategy, *a, **k):
+        loss = real(strategy, *a, **k)
+        grads = [p.grad for p in strategy.parameters() if p.grad is not None]
+        grads[len(grads) // 2].view(-1)[0] = value
+        return loss
+
+    monkeypatch.setattr(step_module, "forward_backward", planted)
+
+
+def _step_counts(opt):
+    return [float(s["step"]) for s in opt.state.values() if "step" in s]
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["device", "host"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_planted_inf_gradient_leaves_weights_momentum_and_step_counts_unchanged(monkeypatch, optimizer, fused):
+    """A finite loss with one inf (or NaN) gradient element: the update is dropped under skip,
+    with no host read on the fused path, and the step says so in its status."""
+    model, strategy, opt, scaler, schedule, batch = _setup(optimizer, fused=fused)
+    for n in range(2):
+        _step(strategy, opt, scaler, schedule, batch, n)
+    before, counts = _snapshot(model, opt), _step_counts(opt)
+    assert optimizer == "sgd" or counts == [2.0] * len(counts)
+    with monkeypatch.context() as m:
+        _plant_inf_gradient(m, float("inf") if optimizer == "sgd" else float("nan"))
+        if fused:
+            NoHostReads(m)
+        result = train_step(strategy, opt, scaler, schedule, *batch, step=2,
+                            settings=StepSettings(nonfinite="skip", grad_clip=1.0))
+    assert math.isfinite(result.loss.item()) and result.status.item() == SKIPPED
+    _assert_unchanged(before, model, opt)
+    assert _step_counts(opt) == counts
+
+
+def test_planted_inf_gradient_under_stop_raises_on_the_host_path(monkeypatch):
+    model, strategy, opt, scaler, schedule, batch = _setup("sgd")
+    _step(strategy, opt, scaler, schedule, batch, 0)
+    before = _snapshot(model, opt)
+    _plant_inf_gradient(monkeypatch)
+    with pytest.raises(NonFiniteLossError, match="a gradient is non-finite at step 1 .loss [0-9.]+.") as e:
+        _step(strategy, opt, scaler, schedule, batch, 1, nonfinite="stop")
+    assert e.value.exit_code == EXIT_DIVERGED
+    _assert_unchanged(before, model, opt)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["device", "host"])
+def test_an_update_that_leaves_non_finite_weights_is_reported_as_diverged(fused):
+    """Finite loss and gradients, an absurd learning rate: the weights overflow. The step
+    cannot take the update back, so it reports a diverged run (the device path in its status,
+    the host path at once), whatever the policy."""
+    model, strategy, opt, scaler, _, batch = _setup("sgd", fused=fused)
+    schedule = LRSchedule(ScheduleConfig(name="constant"), 1e38, steps_per_epoch=10, epochs=1)
+    with torch.no_grad():
+        next(model.parameters()).mul_(1e30)  # large but finite: the update overflows
+    if fused:
+        result = train_step(strategy, opt, scaler, schedule, *batch, step=0, settings=StepSettings(nonfinite="skip"))
+        assert result.status.item() == DIVERGED
+    else:
+        with pytest.raises(NonFiniteWeights, match=r"the weights \(or batch-norm statistics\) became non-finite at step 0") as e:
+            train_step(strategy, opt, scaler, schedule, *batch, step=0, settings=StepSettings(nonfinite="skip"))
+        assert e.value.exit_code == EXIT_DIVERGED
+
+
+def test_nonfinite_flag_sees_every_dtype_and_changes_nothing():
+    finite = [torch.randn(3, dtype=torch.float64), torch.randn(2, 2), torch.randn(4).bfloat16()]
+    copies = [t.clone() for t in finite]
+    assert nonfinite_flag(finite, torch.device("cpu")).item() == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(finite, copies))
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        tensors = [t.clone() for t in finite]
+        tensors[1][1, 0] = bad
+        assert nonfinite_flag(tensors, torch.device("cpu")).item() == 1.0
+
+
+def test_the_criterion_is_cross_entropy_with_smoothing_and_soft_labels():
+    logits = torch.tensor([[2.0, 0.0, -1.0]], dtype=torch.bfloat16)
+    log_p = torch.log_softmax(logits.float(), 1)[0]
+    # label smoothing 0.3 over 3 classes: target 0.8 on the class, 0.1 elsewhere (computed by hand)
+    expected = -(0.8 * log_p[0] + 0.1 * log_p[1] + 0.1 * log_p[2])
+    loss = classification_loss(0.3)(logits, torch.tensor([0]))
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected)
+    soft = torch.tensor([[0.5, 0.5, 0.0]])
+    torch.testing.assert_close(classification_loss()(logits, soft), -(0.5 * log_p[0] + 0.5 * log_p[1]))

@@ -61,6 +61,7 @@ def _worker(rank: int, world: int, port: int, threads: int, mode: dict, cfg: Par
     from verydeep.parallel.distributed import init_distributed, shutdown
     from verydeep.parallel.strategy import build_strategy
     from verydeep.runtime import resolve_amp
+    from verydeep.train.loss import classification_loss
 
     try:
         info = init_distributed(cfg.device, cfg.backend)
@@ -74,13 +75,14 @@ def _worker(rank: int, world: int, port: int, threads: int, mode: dict, cfg: Par
         g = torch.Generator().manual_seed(strat.data_rank)
         x = torch.randn(per, 3, cfg.crop, cfg.crop, generator=g).to(info.device)
         y = torch.randint(0, 100, (per,), generator=g).to(info.device)
+        loss_fn = classification_loss()
         for i in range(cfg.steps + 2):
             if i == 2:
                 synchronize(info.device)
                 if world > 1:
                     torch.distributed.barrier()
                 t0 = time.perf_counter()
-            strat.forward_backward(x, y, amp_dtype=amp)
+            strat.forward_backward(x, y, loss_fn, amp_dtype=amp)
             opt.step()
             opt.zero_grad(set_to_none=True)
         synchronize(info.device)

@@ -30,7 +30,6 @@ import statistics
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 
 from verydeep.bench.common import (
     BenchResult,
@@ -49,7 +48,7 @@ from verydeep.parallel.config import ParallelConfig
 from verydeep.parallel.distributed import DistInfo
 from verydeep.parallel.strategy import ParallelStrategy, build_strategy
 from verydeep.runtime import build_runtime
-from verydeep.train.config import OptimConfig, ScheduleConfig
+from verydeep.training_config import OptimConfig, ScheduleConfig
 from verydeep.train.optim import build_optimizer, parameter_groups
 from verydeep.train.schedules import LRSchedule
 from verydeep.train.step import StepSettings, train_step
@@ -101,7 +100,7 @@ def reference_names(parsed: list[tuple[str, str, set[str]]]) -> list[str]:
     return sorted((name for name, base, _ in parsed if base == "reference"), key=len)
 
 
-def forward_backward_slices(net, images, labels, accum, amp, loss_scale, label_smoothing, *,
+def forward_backward_slices(net, images, labels, accum, amp, loss_scale, loss_fn, *,
                             autocast_cache: bool = True) -> torch.Tensor:
     """A bare micro-batch loop (views of the batch) over ``net``: forward, loss, backward; the batch-mean loss.
 
@@ -113,7 +112,7 @@ def forward_backward_slices(net, images, labels, accum, amp, loss_scale, label_s
     for start in range(0, n, size):
         x, y = images[start: start + size], labels[start: start + size]
         with torch.autocast(images.device.type, dtype=amp, enabled=amp is not None, cache_enabled=autocast_cache):
-            loss = F.cross_entropy(net(x).float(), y, label_smoothing=label_smoothing)
+            loss = loss_fn(net(x), y)
         (loss * (x.shape[0] / n) * loss_scale).backward()
         total += loss.detach() * (x.shape[0] / n)
     return total
@@ -125,10 +124,13 @@ class BareMicroBatches:
 
     def __init__(self, strategy: ParallelStrategy, net: torch.nn.Module, accum: int) -> None:
         self.strategy, self.net, self.accum = strategy, net, accum
-        self.dist = strategy.dist
+        self.dist, self.local_module = strategy.dist, strategy.local_module
 
-    def forward_backward(self, images, labels, *, amp_dtype=None, label_smoothing=0.0, loss_scale=1.0):
-        return forward_backward_slices(self.net, images, labels, self.accum, amp_dtype, loss_scale, label_smoothing)
+    def forward_backward(self, images, labels, loss_fn, *, amp_dtype=None, loss_scale=1.0):
+        return forward_backward_slices(self.net, images, labels, self.accum, amp_dtype, loss_scale, loss_fn)
+
+    def any_rank(self, flag: torch.Tensor) -> torch.Tensor:
+        return self.strategy.any_rank(flag)
 
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         return self.strategy.clip_grad_norm_(max_norm)
@@ -178,14 +180,14 @@ class OurStep:
             return
         images = self.runtime.prepare_input(images)
         labels = labels.to(self.device, non_blocking=True)
-        loss = train_step(self.step_strategy, self.optimizer, self.scaler, self.schedule, images, labels,
-                          step=self.step_count, settings=self.settings)
+        loss, _ = train_step(self.step_strategy, self.optimizer, self.scaler, self.schedule, images, labels,
+                             step=self.step_count, settings=self.settings)
         self.loss_sum += loss
         self.step_count += 1
 
     def _graph_body(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return forward_backward_slices(self.model, images, labels, self.cfg.accum, self.runtime.amp_dtype, 1.0, 0.0,
-                                       autocast_cache=False)
+        return forward_backward_slices(self.model, images, labels, self.cfg.accum, self.runtime.amp_dtype, 1.0,
+                                       self.settings.loss_fn, autocast_cache=False)
 
     def _replay(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         if self.device.type != "cuda":

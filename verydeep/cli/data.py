@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from verydeep.cli.vocabulary import (add_data, add_json, add_out, add_workers, data_or_positional, deprecated,
-                                     emit_json)
+from verydeep.cli.vocabulary import add_data, add_json, add_out, add_workers, dataset_folder, emit_json
 from verydeep.errors import UsageError
 
 
 def _dataset(p: argparse.ArgumentParser, help: str) -> None:
     add_data(p, help=help)
-    # The old spelling: the folder as a positional argument (kept, with a note).
-    p.add_argument("path", nargs="?", help=argparse.SUPPRESS)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,14 +37,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--seed", type=int, default=0)
     add_workers(q, default=2, what="decoding")
     add_json(q, "the statistics (default: data_stats.json; then --set data.stats_file=PATH)")
-    q.add_argument("--out", help=argparse.SUPPRESS)  # the old spelling of --json PATH
     q.set_defaults(func=run_stats)
 
     q = dsub.add_parser("prepare", help="resized copy of a dataset (shorter side capped), same layout")
     add_data(q, help="the dataset to copy")
     add_out(q, "the resized copy, in the same layout")
-    q.add_argument("src", nargs="?", help=argparse.SUPPRESS)  # old spelling: SRC DST positionals
-    q.add_argument("dst", nargs="?", help=argparse.SUPPRESS)
     q.add_argument("--max-short-side", type=int, default=512)
     q.add_argument("--quality", type=int, default=90, help="JPEG quality of resized images")
     add_workers(q, default=2, what="decoding")
@@ -55,7 +49,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     q = dsub.add_parser("demo", help="generate the embedded demo dataset (ImageNet layout)")
     add_out(q, "the demo dataset", default_text="data/demo")
-    q.add_argument("path", nargs="?", help=argparse.SUPPRESS)  # old spelling: the folder as a positional
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--train-per-class", type=int, default=240)
     q.add_argument("--val-per-class", type=int, default=60)
@@ -65,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_info(args) -> int:
     from verydeep.data import DataConfig, discover
 
-    splits = discover(DataConfig(root=data_or_positional(args), val_labels=args.val_labels, val_synsets=args.val_synsets,
+    splits = discover(DataConfig(root=dataset_folder(args), val_labels=args.val_labels, val_synsets=args.val_synsets,
                                  index_cache=args.index_cache))
     print(f"classes: {len(splits.classes)} ({len(splits.class_names)} with names)")
     print(f"train:   {len(splits.train)} images in {splits.train_dir}")
@@ -86,7 +79,7 @@ def run_info(args) -> int:
 def run_check(args) -> int:
     from verydeep.data.check import check_path
 
-    result = check_path(data_or_positional(args), workers=args.workers, index_cache=args.index_cache)
+    result = check_path(dataset_folder(args), workers=args.workers, index_cache=args.index_cache)
     if result["summary"]:
         print(result["summary"])
     for path, reason in result["bad"]:
@@ -101,16 +94,12 @@ def run_stats(args) -> int:
     from verydeep.data import DataConfig, discover
     from verydeep.data.stats import compute_stats, write_stats
 
-    root = Path(data_or_positional(args))
+    root = Path(dataset_folder(args))
     cfg = DataConfig(root=str(root)) if (root / "train").is_dir() else DataConfig(train_dir=str(root))
     splits = discover(cfg)
     stats = compute_stats([p for p, _ in splits.train], num_images=args.images, seed=args.seed,
                           short_side=args.short_side, workers=args.workers)
-    dest = args.json
-    if args.out:
-        deprecated(f"data stats --out {args.out}", f"--json {args.out}")
-        dest = dest or args.out
-    dest = dest or "data_stats.json"
+    dest = args.json or "data_stats.json"
     if dest == "-":
         emit_json(stats, "-")
         return 0
@@ -125,9 +114,7 @@ def run_stats(args) -> int:
 def run_prepare(args) -> int:
     from verydeep.data.prepare import prepare_dataset
 
-    src, dst = args.data or args.src, args.out or args.dst
-    if args.src or args.dst:
-        deprecated("data prepare SRC DST", f"data prepare --data {src} --out {dst}")
+    src, dst = args.data, args.out
     if not src or not dst:
         raise UsageError("data prepare needs --data SRC and --out DST")
     r = prepare_dataset(src, dst, max_short_side=args.max_short_side, quality=args.quality,
@@ -142,9 +129,7 @@ def run_prepare(args) -> int:
 def run_demo(args) -> int:
     from verydeep.data import make_demo_dataset
 
-    if args.path:
-        deprecated(f"data demo {args.path}", f"data demo --out {args.path}")
-    r = make_demo_dataset(args.out or args.path or "data/demo", seed=args.seed, train_per_class=args.train_per_class,
+    r = make_demo_dataset(args.out or "data/demo", seed=args.seed, train_per_class=args.train_per_class,
                           val_per_class=args.val_per_class)
     print(f"demo dataset in {r['root']}: {r['classes']} classes, {r['train']} train, {r['val']} val images")
     return 0

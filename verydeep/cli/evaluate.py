@@ -7,7 +7,7 @@ import logging
 import sys
 
 from verydeep.cli.vocabulary import (add_amp, add_batch_size, add_checkpoint, add_data, add_device, add_ema, add_json,
-                                     add_out, add_workers, deprecated, emit_json, positive_int)
+                                     add_out, add_workers, emit_json, positive_int)
 from verydeep.errors import OutputError, UsageError
 
 
@@ -109,7 +109,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="dynamo: torch.export-based, PyTorch's default (opset >= 18); torchscript: the deprecated "
                         "tracing exporter (default: %(default)s)")
     p.add_argument("--opset", type=positive_int, help="ONNX opset (default: 18 with dynamo, 17 with torchscript)")
-    p.add_argument("--dynamo", action="store_true", help=argparse.SUPPRESS)  # deprecated: now the default
     p.set_defaults(func=run_export)
 
 
@@ -266,8 +265,6 @@ def run_export(args: argparse.Namespace) -> int:
     for f in forms:
         if f not in FORMS:
             raise ValueError(f"--form {f!r}: choose {' or '.join(FORMS)}")
-    if args.dynamo:
-        deprecated("--dynamo", "nothing: the torch.export-based exporter is the default (--exporter dynamo)")
     if "onnx" in formats:
         check_onnx_available(args.exporter)  # before loading the net: say which extra is missing at once
     net = load_eval_net(args.checkpoint, caffe_bgr=args.caffe_bgr, ema=args.ema)

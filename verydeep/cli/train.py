@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from verydeep.cli.vocabulary import add_data, add_out, add_training, deprecated, training_overrides
+from verydeep.cli.vocabulary import add_data, add_out, add_training, training_overrides
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -62,10 +62,7 @@ def run_plot(args: argparse.Namespace) -> int:
     from verydeep.train.plot import plot_run
 
     out = None
-    if args.out and args.out.endswith(".png"):  # the old spelling: --out was the PNG itself
-        deprecated(f"--out {args.out} (a PNG)", f"--out {Path(args.out).parent} (a folder: curves.png goes in it)")
-        out = args.out
-    elif args.out:
+    if args.out:
         out = Path(args.out) / "curves.png"
         out.parent.mkdir(parents=True, exist_ok=True)
     print(plot_run(args.run_dir, out))

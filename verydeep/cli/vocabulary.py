@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 from verydeep.errors import UsageError
+from verydeep.training_config import AMP_MODES  # imports no torch: the parsers build without it
 
 # --- one rule per concept ---------------------------------------------------------------------
 
 DEVICE_HELP = "auto (this process's GPU if torch sees one, else the CPU), cpu, cuda or cuda:N"
-AMP_CHOICES = ("auto", "none", "bf16", "fp16")  # verydeep.runtime.AMP_MODES; no torch import to build a parser
 AMP_HELP = "autocast precision: auto (bf16 on CUDA, fp32 on CPU), none (fp32), bf16 or fp16"
 
 
@@ -63,7 +63,7 @@ def add_device(p: argparse.ArgumentParser, default: str | None = "auto", key: st
 
 def add_amp(p: argparse.ArgumentParser, default: str | None = "auto", key: str = "",
             default_text: str = "the recipe's") -> None:
-    p.add_argument("--amp", choices=AMP_CHOICES, default=default,
+    p.add_argument("--amp", choices=AMP_MODES, default=default,
                    help=(f"{key}: " if key else "") + AMP_HELP + f"; default: {default or default_text}")
 
 
@@ -171,19 +171,8 @@ def emit_json(obj, dest: str) -> Path | None:
     return path
 
 
-def deprecated(old: str, new: str) -> None:
-    """One line on stderr for an old spelling that still works."""
-    print(f"verydeep: note: {old} is deprecated and will be removed; use {new}", file=sys.stderr)
-
-
-def data_or_positional(args: argparse.Namespace, positional: str = "path") -> str:
-    """``--data``, or the deprecated positional folder of the data commands."""
-    old = getattr(args, positional, None)
-    if old is not None and args.data is not None and old != args.data:
-        raise UsageError(f"two dataset folders given: {old} and --data {args.data}")
-    if old is not None and args.data is None:
-        deprecated(f"the positional folder ({old})", f"--data {old}")
-    value = args.data or old
-    if value is None:
+def dataset_folder(args: argparse.Namespace) -> str:
+    """``--data``, which the data commands need."""
+    if args.data is None:
         raise UsageError("no dataset folder: give --data DIR")
-    return value
+    return args.data

@@ -6,11 +6,11 @@ paper's recipes (``verydeep.data.config``: ``auto_augment``, ``random_erasing``,
 Where they act, relative to the paper's transform (Sec. 3.1):
 
 - per image, in the loader's workers, on the uint8 crop after rescaling, cropping and
-  flipping, before the colour shift and normalisation: RandAugment or TrivialAugmentWide
+  flipping, before the colour shift and normalization: RandAugment or TrivialAugmentWide
   (:class:`ImageAugment`), then RandomErasing. The erased rectangle takes the mean colour,
-  which normalisation maps to 0: what torchvision's reference does by erasing after its
+  which normalization maps to 0: what torchvision's reference does by erasing after its
   Normalize.
-- per batch, after normalisation: MixUp or CutMix (one of the two, drawn per batch, when both
+- per batch, after normalization: MixUp or CutMix (one of the two, drawn per batch, when both
   are on), which turn the int64 labels [B] into class probabilities [B, K]
   (:class:`BatchMix`). ``F.cross_entropy`` takes those as its target, in every parallel mode.
 
@@ -50,7 +50,7 @@ class ImageAugment:
         elif cfg.auto_augment == "trivialaugment":
             steps.append(v2.TrivialAugmentWide())
         if cfg.random_erasing > 0:
-            fill = [int(round(255 * m)) for m in cfg.mean]  # 0 once normalised
+            fill = [int(round(255 * m)) for m in cfg.mean]  # 0 once normalized
             steps.append(v2.RandomErasing(p=cfg.random_erasing, value=fill))
         self.transform = v2.Compose(steps)
 
@@ -64,7 +64,7 @@ class ImageAugment:
 
 
 class BatchMix:
-    """MixUp or CutMix on a normalised batch: ``(images, labels [B]) -> (images, probabilities [B, K])``."""
+    """MixUp or CutMix on a normalized batch: ``(images, labels [B]) -> (images, probabilities [B, K])``."""
 
     def __init__(self, cfg: DataConfig, num_classes: int) -> None:
         choices = []

@@ -39,11 +39,6 @@ def check_images(paths, workers: int = 0, progress: bool = True, desc: str = "ch
     return [(p, results[p]) for p in paths if results[p] is not None]
 
 
-def image_files(folder) -> list[str]:
-    """Every image file under ``folder`` (recursively, each real directory once), sorted."""
-    return walk_images(folder)[0]
-
-
 def check_path(path, workers: int = 0, index_cache=None, progress: bool = True) -> dict:
     """Check a dataset root (train/ and val/ inside: layouts and labels are validated too) or
     any folder of images. Returns {"images": n, "bad": [(path, reason)], "summary": str|None};

@@ -33,7 +33,6 @@ KAGGLE_CSV = "LOC_val_solution.csv"
 DEVKIT_GT = "ILSVRC2012_validation_ground_truth.txt"
 DEVKIT_MAPPINGS = ("ILSVRC2012_id_to_wnid.txt", "ILSVRC2012_mapping.txt", "ILSVRC2012_synsets.txt")
 SYNSET_NAMES = ("LOC_synset_mapping.txt", "synset_words.txt")
-VAL_LAYOUTS = ("class_folders", "kaggle_csv", "devkit", "wnid_list")
 
 
 @dataclass
@@ -42,7 +41,7 @@ class Splits:
     val: list[tuple[str, int]]
     classes: list[str]  # sorted wnids; the class index is the position
     class_names: dict[str, str] = field(default_factory=dict)  # wnid -> human-readable name
-    val_layout: str = ""  # one of VAL_LAYOUTS, or "none"
+    val_layout: str = ""  # class_folders | kaggle_csv | devkit | wnid_list | none
     train_dir: str | None = None
     val_dir: str | None = None
     val_labels: str | None = None  # the ground-truth file used, if any

@@ -9,9 +9,9 @@ is therefore the same whichever worker builds it and whenever it is built, so
 
 Each loader item is a whole batch built in one worker (decode, crop, flip, colour shift), so
 workers, pinned memory, persistent workers and prefetching are those of
-``torch.utils.data.DataLoader``. Who normalises depends on the device: for CPU training the
+``torch.utils.data.DataLoader``. Who normalizes depends on the device: for CPU training the
 workers do (one vectorised pass over the batch); for an accelerator they hand over uint8 NHWC
-crops and the colour shifts, and the loader normalises on the device (:func:`normalize_batch`).
+crops and the colour shifts, and the loader normalizes on the device (:func:`normalize_batch`).
 
 A run builds its training loader once and moves it with ``set_epoch(epoch, start_batch)``,
 as ``DistributedSampler.set_epoch``, so persistent workers live as long as the loader.
@@ -106,7 +106,7 @@ class TrainBatches(Dataset):
         colour shifts float32 [B, 3], for :func:`normalize_batch` to convert on the device: a
         quarter of the bytes through worker IPC, pinned memory and the host-to-device copy, and
         one pass less per image in the worker. Otherwise (CPU training, where the training
-        process has no time to spare) the worker normalises: images float32 [B, 3, crop, crop],
+        process has no time to spare) the worker normalizes: images float32 [B, 3, crop, crop],
         shifts None."""
         epoch, b = item
         if self.encoded:
@@ -145,7 +145,7 @@ class TrainBatches(Dataset):
 def normalize_batch(images: torch.Tensor, shifts: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                     device: torch.device | str = "cpu", channels_last: bool = False) -> torch.Tensor:
     """uint8 NHWC batch + per-image RGB shifts -> float32 [B, 3, H, W] on ``device``,
-    normalised by :func:`~verydeep.data.transforms.normalize_` (the arithmetic of every other
+    normalized by :func:`~verydeep.data.transforms.normalize_` (the arithmetic of every other
     batch of the project).
 
     The uint8 batch is copied to the device first; the conversion writes straight into the
@@ -176,7 +176,7 @@ class _BatchSampler(Sampler):
 class TrainLoader:
     """Iterable over ``(images, labels, bad)`` batches of one epoch from ``start_batch``;
     ``len()`` is the number of batches it yields (batches_per_epoch - start_batch). Images
-    come normalised, float32, on ``device`` (by the workers for a CPU device, on the device
+    come normalized, float32, on ``device`` (by the workers for a CPU device, on the device
     otherwise); labels on ``device`` too. :meth:`set_epoch` moves it to another epoch or batch."""
 
     def __init__(self, dataset: TrainBatches, epoch: int, start_batch: int, loader: DataLoader | None,
@@ -186,7 +186,7 @@ class TrainLoader:
         self.batches_per_epoch = len(dataset)
         self._loader, self._sampler = loader, sampler
         self.device, self.channels_last = torch.device(device), channels_last
-        # on the device once: normalising a batch then copies nothing pageable to it
+        # on the device once: normalizing a batch then copies nothing pageable to it
         self._mean, self._std = dataset.mean.to(self.device), dataset.std.to(self.device)
         self.set_epoch(epoch, start_batch)
 
@@ -208,12 +208,12 @@ class TrainLoader:
         yield from self._loader
 
     def _on_device(self, item) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """A worker's batch as normalised float32 images and labels on the device."""
+        """A worker's batch as normalized float32 images and labels on the device."""
         if isinstance(item, EncodedBatch):  # the GPU data path; a file it rejects is redone on the CPU path
             images, labels = self.decoder(item, lambda epoch, index: self.dataset.load(epoch, index, item.bad))
             return images, labels, item.bad
         images, shifts, labels, bad = item
-        if shifts is None:  # normalised by the worker
+        if shifts is None:  # normalized by the worker
             images = images.to(self.device, non_blocking=True)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -239,10 +239,10 @@ def build_train_loader(cfg: DataConfig, samples: Sequence[tuple[str, int]], batc
                        epoch: int = 0, start_batch: int = 0, rank: int = 0, world_size: int = 1,
                        device: torch.device | str = "cpu", channels_last: bool = False,
                        num_classes: int | None = None) -> TrainLoader:
-    """Batches of ``(images float32 [B, 3, crop, crop] normalised, labels int64 [B], bad paths)``
+    """Batches of ``(images float32 [B, 3, crop, crop] normalized, labels int64 [B], bad paths)``
     for ``epoch``, starting at batch ``start_batch`` (later epochs: ``set_epoch``), images and
     labels on ``device`` (workers decode and crop; for an accelerator the conversion to float
-    and the normalisation run on it, see :func:`normalize_batch`). ``batch_size`` is per
+    and the normalization run on it, see :func:`normalize_batch`). ``batch_size`` is per
     process; the last incomplete global batch is dropped so every rank has the same number of
     batches. With ``cfg.workers > 0`` and ``cfg.persistent_workers`` the workers are started
     once and serve every epoch. With ``cfg.mixup_alpha`` or ``cfg.cutmix_alpha`` the labels are

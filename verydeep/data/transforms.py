@@ -5,7 +5,7 @@ Where things happen, in the paper's words:
 * training scale S: ``sample_scale`` draws it (fixed, or uniform in [scale_min, scale_max]);
 * the random 224 crop of the image rescaled to S: ``scale_jitter_params``;
 * random RGB colour shift (Krizhevsky et al.): ``colour_shift_rgb``;
-* mean RGB subtraction / mean-std normalisation: ``normalization``, ``normalize_`` and ``to_normalized_batch``;
+* mean RGB subtraction / mean-std normalization: ``normalization``, ``normalize_`` and ``to_normalized_batch``;
 * test scale Q and the centre crop or whole image: ``eval_geometry`` and ``eval_resize``.
 
 Speed: the crop is cut from the *decoded* image and resized in one step
@@ -232,7 +232,7 @@ def normalize_(x: torch.Tensor, shifts: torch.Tensor, mean: torch.Tensor, std: t
 
 
 def to_normalized_batch(images: np.ndarray, shifts: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, 3, H, W] + per-image RGB shifts [B, 3] -> float32 [B, 3, H, W], normalised
+    """uint8 [B, 3, H, W] + per-image RGB shifts [B, 3] -> float32 [B, 3, H, W], normalized
     (:func:`normalize_`)."""
     out = torch.from_numpy(np.ascontiguousarray(images)).float()
     return normalize_(out, torch.from_numpy(np.ascontiguousarray(shifts, dtype=np.float32)), mean, std)
@@ -267,7 +267,7 @@ def load_eval_image(path, scale: int, crop: int | None, draft: bool = True) -> n
 
 
 def eval_transform(cfg: DataConfig, scale: int | None = None, crop: int | None | str = "default"):
-    """A callable: path or PIL image -> normalised float32 tensor [3, H, W] at test scale
+    """A callable: path or PIL image -> normalized float32 tensor [3, H, W] at test scale
     ``scale`` (default ``cfg.eval_scale``) with a centre ``crop`` (default ``cfg.eval_crop``;
     None: the whole rescaled image)."""
     scale = cfg.eval_scale if scale is None else scale

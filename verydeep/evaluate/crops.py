@@ -9,7 +9,7 @@ which keeps the grid mirror-symmetric whenever L - C is even). Example: L=320, C
 
 When the image is smaller than the crop along an axis (L < C) the offsets become negative
 (from 0 down to L - C) and the part of a crop outside the image is zero. Images reach this
-module already normalised, so zero is the mean colour: the same zero-padding the paper
+module already normalized, so zero is the mean colour: the same zero-padding the paper
 describes at crop borders.
 """
 

@@ -2,7 +2,7 @@
 
 Each configuration is a list of layer specs: an int ``c`` is a 3x3 conv (pad 1) with ``c``
 output channels, ``(1, c)`` a 1x1 conv (net C's extra layers), ``"M"`` a 2x2/2 max-pool closing
-a block and ``"LRN"`` local response normalisation (net A-LRN only, after the first conv).
+a block and ``"LRN"`` local response normalization (net A-LRN only, after the first conv).
 Adding a configuration is one line.
 """
 

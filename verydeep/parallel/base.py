@@ -3,7 +3,7 @@ interface (described in :mod:`verydeep.parallel.strategy`) and the helpers the m
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -33,6 +33,9 @@ class ParallelStrategy:
     """Base class: what the training loop sees (see the module docstring)."""
 
     mode: str = "base"
+    # Ranks hold different parts of the net (pipeline stages, FC shards), so what one rank
+    # finds in its own tensors (a non-finite gradient or weight) the others must be told.
+    sharded: bool = False
 
     def __init__(self, dist_info: DistInfo) -> None:
         self.dist = dist_info
@@ -49,8 +52,9 @@ class ParallelStrategy:
     def data_world(self) -> int:
         raise NotImplementedError
 
-    def forward_backward(self, images: torch.Tensor, labels: torch.Tensor, *, amp_dtype: torch.dtype | None = None,
-                         label_smoothing: float = 0.0, loss_scale: float = 1.0) -> torch.Tensor:
+    def forward_backward(self, images: torch.Tensor, labels: torch.Tensor,
+                         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
+                         amp_dtype: torch.dtype | None = None, loss_scale: float = 1.0) -> torch.Tensor:
         raise NotImplementedError
 
     def eval_logits(self, images: torch.Tensor, *, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -78,6 +82,13 @@ class ParallelStrategy:
 
     def eval(self) -> "ParallelStrategy":
         return self.train(False)
+
+    def any_rank(self, flag: torch.Tensor) -> torch.Tensor:
+        """``flag`` (0-d float on the device, 1.0: found), raised on every rank when any rank
+        raised it (a collective where the net is sharded); no host read."""
+        if self.sharded and dist.is_initialized() and self.dist.world_size > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return flag
 
     def _grad_sq_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of squared grads counted once globally, sum to be all-reduced over the world)."""

@@ -7,7 +7,6 @@ import contextlib
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -55,7 +54,7 @@ class DataParallel(ParallelStrategy):
     def data_world(self) -> int:
         return self.dist.world_size
 
-    def forward_backward(self, images, labels, *, amp_dtype=None, label_smoothing=0.0, loss_scale=1.0):
+    def forward_backward(self, images, labels, loss_fn, *, amp_dtype=None, loss_scale=1.0):
         n = images.shape[0]
         if n % self.accum:
             raise ValueError(f"per-process batch {n} is not divisible by accum={self.accum}")
@@ -69,7 +68,7 @@ class DataParallel(ParallelStrategy):
             with sync:
                 with autocast(images.device, amp_dtype):
                     logits = self.net(x)
-                loss = F.cross_entropy(upcast(logits), y, label_smoothing=label_smoothing)
+                loss = loss_fn(logits, y)
                 (loss * (size / n) * loss_scale).backward()
             total += loss.detach() * (size / n)
         return self.sum_over_data(total) / self.dist.world_size

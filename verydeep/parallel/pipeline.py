@@ -20,8 +20,9 @@ it; ``ScheduleGPipe`` or ``Schedule1F1B`` runs ``microbatches`` micro-batches pe
 Data parallelism. With ``world = dp * K`` processes a 2-D ``DeviceMesh`` ("dp", "pp") puts the
 K stages of one pipeline on consecutive ranks (rank = dp_index * K + stage); each stage is
 wrapped in DDP over its "dp" group, so its gradients are averaged over the dp replicas.
-Loss: the schedule takes each micro-batch's mean cross-entropy and divides the gradients by
-the number of micro-batches; DDP divides by dp: the gradient of the mean over the global batch.
+Loss: the schedule applies the step's criterion (``loss_fn``) to each micro-batch and divides
+the gradients by the number of micro-batches; DDP divides by dp: the gradient of the mean over
+the global batch.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
@@ -42,7 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 from verydeep.models.vgg import VGG
 from verydeep.models.weights import clean_state_dict
 from verydeep.parallel.distributed import DistInfo
-from verydeep.parallel.base import ParallelStrategy, check_full_state_dict, upcast
+from verydeep.parallel.base import ParallelStrategy, check_full_state_dict
 from verydeep.runtime import autocast
 
 log = logging.getLogger(__name__)
@@ -192,6 +192,7 @@ class PipelineParallel(ParallelStrategy):
     """K pipeline stages x dp data-parallel replicas (``world = dp * K``); see the module docstring."""
 
     mode = "pipeline"
+    sharded = True
 
     def __init__(self, model: VGG, dist_info: DistInfo, *, stages: int, microbatches: int = 4,
                  schedule: str = "1f1b", crop_size: int = 224) -> None:
@@ -238,7 +239,7 @@ class PipelineParallel(ParallelStrategy):
         self._train_schedule = None
         self._train_key: tuple | None = None
         self._eval_schedules: dict[tuple, ScheduleGPipe] = {}
-        self._loss_scale, self._label_smoothing = 1.0, 0.0
+        self._loss_fn = None  # the step's criterion, applied by the last stage to each micro-batch
         if dist_info.is_main:
             log.info("%s", self.describe())
 
@@ -276,10 +277,10 @@ class PipelineParallel(ParallelStrategy):
 
     # -- training ----------------------------------------------------------------------------
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(upcast(logits), labels, label_smoothing=self._label_smoothing)
-        return loss * self._loss_scale if self._loss_scale != 1.0 else loss
+        # The schedule is built once; the criterion of the current call is looked up here.
+        return self._loss_fn(logits, labels)
 
-    def forward_backward(self, images, labels, *, amp_dtype=None, label_smoothing=0.0, loss_scale=1.0):
+    def forward_backward(self, images, labels, loss_fn, *, amp_dtype=None, loss_scale=1.0):
         n = images.shape[0]
         if n % self.microbatches:
             raise ValueError(f"per-pipeline batch {n} is not divisible by parallel.microbatches={self.microbatches}")
@@ -295,13 +296,13 @@ class PipelineParallel(ParallelStrategy):
                                                                  loss_fn=self._loss, scale_grads=True)
         self._train_key = key
         self.stage_module.amp_dtype = amp_dtype
-        self._loss_scale, self._label_smoothing = loss_scale, label_smoothing
+        self._loss_fn = loss_fn
         losses: list[torch.Tensor] = []
         args = (images,) if self.is_first else ()
         kwargs = {"target": labels, "losses": losses} if self.is_last else {}
         self._train_schedule.step(*args, return_outputs=False, **kwargs)
         if self.is_last:
-            loss = torch.stack([x.detach().double() for x in losses]).mean() / loss_scale
+            loss = torch.stack([x.detach().double() for x in losses]).mean()
         else:
             loss = torch.zeros((), device=self.device, dtype=torch.float64)
         # Every rank gets the global-batch mean: the last stages' losses summed, over dp replicas.

@@ -6,7 +6,7 @@ The training loop builds a strategy once and then never asks which mode it is in
     optimizer = build_optimizer(strategy.local_module, ...)   # this rank's parameters only
     loader = ...(rank=strategy.data_rank, world_size=strategy.data_world)
     for images, labels in loader:                # this rank's share of the global batch
-        loss = strategy.forward_backward(images, labels, amp_dtype=amp_dtype)
+        loss = strategy.forward_backward(images, labels, loss_fn, amp_dtype=amp_dtype)
         strategy.clip_grad_norm_(max_norm)       # optional
         optimizer.step(); optimizer.zero_grad(set_to_none=True)
     logits = strategy.eval_logits(images)        # validation (collective: every rank calls it)
@@ -27,11 +27,13 @@ Modes (``build_strategy`` picks one from :class:`~verydeep.parallel.config.Paral
 
 What every rank gets:
 
-- ``forward_backward(images, labels, *, amp_dtype=None, label_smoothing=0.0, loss_scale=1.0)``
+- ``forward_backward(images, labels, loss_fn, *, amp_dtype=None, loss_scale=1.0)``
   runs forward and backward on this rank's batch (``images`` may be ignored on pipeline ranks
   that are not the first stage, and ``labels`` on those that are not the last, but every rank
   of a pipeline must be given the same batch) and leaves in ``.grad`` the gradient of the
-  cross-entropy *mean over the global batch* (all data-parallel shards together). It returns
+  loss *mean over the global batch* (all data-parallel shards together). ``loss_fn(logits,
+  labels)`` is the criterion, a batch mean (the training step's, ``verydeep.train.loss``);
+  the strategies define none of their own. It returns
   that mean loss (0-d, detached, unscaled) on every rank. ``loss_scale`` multiplies the loss
   before backward (fp16 loss scaling; data-parallel mode only, see docs/parallel.md).
 - ``eval_logits(images, *, amp_dtype=None)`` returns logits (float32, or float64 for an fp64 net) for ``images`` on every
@@ -51,6 +53,9 @@ What every rank gets:
   one dp index load the same batch.
 - ``train()`` / ``eval()``, ``describe()`` (a human-readable summary for the log, e.g. the
   pipeline split), ``clip_grad_norm_(max_norm)`` (global norm over all ranks' shards).
+- ``any_rank(flag)``: a 0-d device flag (1.0: found) raised on every rank when any rank
+  raised it, where ranks hold different parts of the net (``sharded``: pipeline stages, FC
+  shards): the step's non-finite check sees only this rank's tensors.
 
 The model is passed on any device (CPU is cheapest: a pipeline rank moves only its stage to
 ``dist.device``). Weights must be identical on every rank when the strategy is built (same

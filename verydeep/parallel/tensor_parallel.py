@@ -63,6 +63,7 @@ class HybridParallel(DataParallel):
     """Data-parallel convs (and FC3), tensor-parallel FC1/FC2 over all ``world`` ranks."""
 
     mode = "hybrid"
+    sharded = True
 
     def __init__(self, model: VGG, dist_info: DistInfo, *, accum: int = 1) -> None:  # noqa: D107
         # DataParallel.__init__ would wrap in DDP before sharding: set up by hand instead.
@@ -96,11 +97,11 @@ class HybridParallel(DataParallel):
         self.local_module = self.net
         self.num_classes = model.spec.num_classes
 
-    def forward_backward(self, images, labels, *, amp_dtype=None, label_smoothing=0.0, loss_scale=1.0):
+    def forward_backward(self, images, labels, loss_fn, *, amp_dtype=None, loss_scale=1.0):
         if loss_scale != 1.0:
             raise ValueError("loss scaling (fp16 GradScaler) is not supported in the hybrid mode: an inf in one "
                              "rank's FC shard would make ranks disagree on skipping the step; use bf16 or fp32")
-        return super().forward_backward(images, labels, amp_dtype=amp_dtype, label_smoothing=label_smoothing)
+        return super().forward_backward(images, labels, loss_fn, amp_dtype=amp_dtype)
 
     @torch.no_grad()
     def eval_logits(self, images, *, amp_dtype=None):

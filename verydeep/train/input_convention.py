@@ -56,7 +56,7 @@ def convention_mismatch(source: dict, run: dict) -> tuple[str, str] | None:
 
 
 def check_start_weights(cfg: Config, *, warn: bool = True) -> None:
-    """Refuse to start from weights trained with another normalisation; warn (loudly, when
+    """Refuse to start from weights trained with another normalization; warn (loudly, when
     ``warn``) when their recorded mean or std differs or they record no convention at all."""
     source = cfg.model.init_from or cfg.model.weights
     if not source:

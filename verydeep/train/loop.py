@@ -9,6 +9,7 @@ change with them.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,15 +24,11 @@ from verydeep.train.metrics import TrainMeter
 from verydeep.train.plot import plot_run
 from verydeep.train.setup import Run, setup
 from verydeep.train.state import TrainState
-from verydeep.train.step import NonFiniteLossError, TooManySkippedSteps, train_step
+from verydeep.train.nonfinite import Diverged
+from verydeep.train.step import StepResult, train_step
 from verydeep.train.validate import validate
 
 log = logging.getLogger(__name__)
-
-# Under train.nonfinite=skip, the share of skipped steps is judged at every log line only
-# from this many steps on (a stray NaN among the first few steps is not yet a diverged run),
-# and always when the run finishes.
-MIN_STEPS_TO_JUDGE = 100
 
 
 @dataclass
@@ -44,7 +41,7 @@ class TrainResult:
     last_val: dict = field(default_factory=dict)
     stopped_because: str = ""
     bad_files: int = 0
-    skipped_steps: int = 0  # steps whose non-finite loss was skipped (train.nonfinite=skip)
+    skipped_steps: int = 0  # steps whose non-finite loss or gradient was skipped (train.nonfinite=skip)
 
 
 class StopFlag:
@@ -97,7 +94,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool | str = False, overw
         run.release_folder()
     result = _finish(run, state)
     if not run.more_to_train(state):  # finished: answer for the skipped steps (an interrupted run does later)
-        _judge_skipped_share(run, state, final=True)
+        run.nonfinite.judge_share(state, final=True)
     if stop.raised:
         raise Interrupted(stop.raised, f"{state.stopped_because} at step {state.step}: checkpoint "
                                        f"{run.run_dir / 'last.pt'} written; continue with --resume")
@@ -118,10 +115,10 @@ def train_one_epoch(run: Run, state: TrainState, stop: StopFlag) -> int:
     for images, labels, bad in run.loader:
         if state.batch_in_epoch >= run.steps_per_epoch:
             break
-        loss = _step(run, state, images, labels)
+        loss, status = _step(run, state, images, labels)
         if run.ema is not None:  # after every optimiser step (a skipped step left the weights as they were)
             run.ema.update(run.strategy.local_module)
-        meter.add(state.step, loss, images.shape[0] * run.strategy.data_world)
+        meter.add(state.step, loss, images.shape[0] * run.strategy.data_world, status)
         state.step += 1
         state.batch_in_epoch += 1
         bad_files += len(bad)
@@ -134,12 +131,12 @@ def train_one_epoch(run: Run, state: TrainState, stop: StopFlag) -> int:
         if cfg.val_every_steps and state.step % cfg.val_every_steps == 0 and in_epoch:
             _validate(run, state, "in-epoch")
         if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0:
-            _account_skipped(run, state, meter.take_skipped())  # no checkpoint before its steps are judged
+            run.nonfinite.account(state, meter.take_skipped())  # no checkpoint before its steps are judged
             run.save_checkpoint(state, "last.pt")
         if stop.raised or state.step >= run.max_steps:
             break
     bar.close()
-    _account_skipped(run, state, meter.take_skipped())  # before the epoch's end (or a signal) checkpoints
+    run.nonfinite.account(state, meter.take_skipped())  # before the epoch's end (or a signal) checkpoints
     bad_files = int(all_reduce_sum(torch.tensor(bad_files, device=run.runtime.device)).item())
     state.bad_files += bad_files
     if bad_files and run.is_main:
@@ -148,57 +145,17 @@ def train_one_epoch(run: Run, state: TrainState, stop: StopFlag) -> int:
     return bad_files
 
 
-def _step(run: Run, state: TrainState, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _step(run: Run, state: TrainState, images: torch.Tensor, labels: torch.Tensor) -> StepResult:
     try:
         return train_step(run.strategy, run.optimizer, run.scaler, run.schedule, images, labels, step=state.step,
                           settings=run.step_settings)
-    except NonFiniteLossError as e:  # decided on the host (see verydeep.train.step): at once
-        raise _stopped(run, state, state.step, e.value) from None
-
-
-def _stopped(run: Run, state: TrainState, step: int, value: float) -> NonFiniteLossError:
-    """The one-line error of a run stopped by a non-finite loss at ``step`` (train.nonfinite=stop):
-    where it stopped, and what is on disk (never a checkpoint that does not exist)."""
-    batch = state.batch_in_epoch - (state.step - step)  # the step's batch in this epoch
-    last = run.run_dir / "last.pt"
-    saved = (f"{last} holds the last good state" if last.is_file()
-             else f"no checkpoint was written before it (nothing in {run.run_dir} to resume from)")
-    return NonFiniteLossError(
-        f"loss is {value} at step {step} (epoch {state.epoch + 1}, batch {batch}); stopped without saving: "
-        f"{saved} (set train.nonfinite=skip to skip such steps, or lower optim.lr)", value=value)
-
-
-def _account_skipped(run: Run, state: TrainState, skipped: list[tuple[int, float]]) -> None:
-    """Act on the steps whose loss came back non-finite (their updates were dropped): stop the
-    run (train.nonfinite=stop); or count them in the state and metrics, and fail once too
-    many were skipped (skip)."""
-    if not skipped:
-        return
-    if run.step_settings.nonfinite != "skip":
-        raise _stopped(run, state, *skipped[0])
-    state.skipped_steps += len(skipped)
-    for step, _ in skipped:
-        run.metrics.write({"kind": "skipped", "epoch": state.epoch, "step": step})
-    if run.is_main:
-        log.warning("non-finite loss at step %s: update skipped (%d of %d steps skipped so far)",
-                    ", ".join(f"{step} ({value})" for step, value in skipped), state.skipped_steps, state.step)
-    _judge_skipped_share(run, state, final=False)
-
-
-def _judge_skipped_share(run: Run, state: TrainState, *, final: bool) -> None:
-    """Fail the run when more than ``train.max_skipped_share`` of its steps were skipped."""
-    limit = run.cfg.train.max_skipped_share
-    if state.skipped_steps <= limit * state.step or (not final and state.step < MIN_STEPS_TO_JUDGE):
-        return
-    raise TooManySkippedSteps(
-        f"{state.skipped_steps} of {state.step} steps had a non-finite loss and were skipped, more than "
-        f"train.max_skipped_share={limit:g}: the run is diverging (lower optim.lr, or raise the share); "
-        f"{run.run_dir / 'last.pt'} holds its last state")
+    except Diverged as e:  # decided on the host (see verydeep.train.step): at once
+        raise run.nonfinite.stopped(state, e.event) from None
 
 
 def _log_train(run: Run, state: TrainState, meter: TrainMeter, lr: float, bar) -> None:
     loss, images_per_s, skipped = meter.report()
-    _account_skipped(run, state, skipped)
+    run.nonfinite.account(state, skipped)
     # loss: the mean over the window's applied steps; None (null) when every one was skipped
     run.metrics.write({"kind": "train", "epoch": state.epoch, "step": state.step, "loss": loss, "lr": lr,
                        "images_per_s": round(images_per_s, 1), "skipped": len(skipped)})
@@ -231,12 +188,18 @@ def end_of_epoch(run: Run, state: TrainState, bad_files: int) -> None:
     """Validate; on a completed epoch apply the plateau rule (Sec. 3.1: LR / 10 when val error
     stops improving); decide whether the run stops; write last.pt, and best.pt on a new best."""
     epoch_done = state.batch_in_epoch >= run.steps_per_epoch
-    top1 = _validate(run, state, "epoch")["val_top1_error"]
+    val = _validate(run, state, "epoch")
+    top1 = val["val_top1_error"]
     run.metrics.write({"kind": "epoch", "epoch": state.epoch, "step": state.step, "bad_files": bad_files})
-    improved = state.best_top1_error is None or top1 < state.best_top1_error
+    # A validation with a NaN/inf loss or logits is never a best, nor an improvement for the plateau rule.
+    finite = math.isfinite(val["val_loss"]) and not val["val_nonfinite_images"]
+    if not finite and run.is_main:
+        log.warning("val epoch %d step %d: loss %s, %d images with non-finite logits: not counted as a best",
+                    state.epoch, state.step, val["val_loss"], val["val_nonfinite_images"])
+    improved = finite and (state.best_top1_error is None or top1 < state.best_top1_error)
     if epoch_done:
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-    action = run.schedule.on_validation(top1) if epoch_done else "n/a"
+    action = run.schedule.on_validation(top1 if finite else math.inf) if epoch_done else "n/a"
     if action == "decrease" and run.is_main:
         log.info("val top-1 error stopped improving: LR divided by %g (decrease %d of %d)",
                  1 / run.cfg.schedule.factor, run.schedule.decreases, run.cfg.schedule.max_decreases)
@@ -273,6 +236,7 @@ def _log_summary(run: Run, state: TrainState) -> None:
     png = plot_run(run.run_dir) if run.cfg.train.plot and (run.run_dir / "metrics.jsonl").is_file() else None
     files = [run.run_dir / name for name in ("best.pt", "last.pt", "metrics.jsonl") if (run.run_dir / name).is_file()]
     best = state.best_top1_error
-    log.info("%s; best val top-1 error %s; %d steps skipped (non-finite loss); written: %s",
-             state.stopped_because or "stopped", "n/a (no validation yet)" if best is None else f"{best:.2f}%",
+    log.info("%s; best val top-1 error %s; %d steps skipped (non-finite loss or gradient); written: %s",
+             state.stopped_because or "stopped", f"{best:.2f}%" if best is not None else
+             "n/a (no validation with finite results)" if state.last_val else "n/a (no validation yet)",
              state.skipped_steps, ", ".join(str(p) for p in [*files, *([png] if png else [])]) or "nothing")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ TENSORBOARD_TAGS = {
     ("val", "val_top1_error"): ("val", "top1_error"),
     ("val", "val_top5_error"): ("val", "top5_error"),
     ("val", "val_bad_images"): ("val", "bad_images"),
+    ("val", "val_nonfinite_images"): ("val", "nonfinite_images"),
     ("val", "ema_val_loss"): ("val_ema", "loss"),
     ("val", "ema_val_top1_error"): ("val_ema", "top1_error"),
     ("val", "ema_val_top5_error"): ("val_ema", "top5_error"),
@@ -85,38 +85,48 @@ class MetricsLog:
 
 class TrainMeter:
     """One epoch's training figures: the mean loss since the last report, images/s since the
-    epoch began, and the steps whose loss was non-finite (their update was dropped).
+    epoch began, and the steps not applied (a non-finite loss or gradient dropped the update,
+    or the update left non-finite weights: their status, ``verydeep.train.nonfinite``).
 
-    A step costs no host sync: losses stay on the device, summed there (non-finite ones
-    masked out) and kept for the next read-back, which fetches the whole window at once."""
+    A step costs no host sync: losses and statuses stay on the device, the applied steps'
+    losses summed there, and are kept for the next read-back, which fetches the whole window
+    at once."""
 
     def __init__(self, device: torch.device) -> None:
         self.loss_sum = torch.zeros((), device=device)
-        self.losses = 0  # finite losses in the sum, counted as they are read back
+        self.losses = 0  # applied steps' losses in the sum, counted as they are read back
         self.images = 0
         self.t0 = time.perf_counter()
-        self._unread: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet read back
+        self._unread: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, loss, status) not yet read back
 
-    def add(self, step: int, loss: torch.Tensor, images: int) -> None:
-        """Step ``step``'s batch-mean loss (non-finite: the step was skipped) and its images."""
+    def add(self, step: int, loss: torch.Tensor, images: int, status: torch.Tensor | None = None) -> None:
+        """Step ``step``'s batch-mean loss, its status (0: applied; None: unchecked, taken as
+        applied unless the loss is non-finite) and its images."""
         loss = loss.detach()
-        self.loss_sum += torch.where(torch.isfinite(loss), loss, 0.0)
-        self._unread.append((step, loss))
+        if status is None:
+            status = (~torch.isfinite(loss)).to(loss.dtype)
+        applied = (status == 0) & torch.isfinite(loss)
+        self.loss_sum += torch.where(applied, loss, 0.0)
+        self._unread.append((step, loss, status))
         self.images += images
 
-    def take_skipped(self) -> list[tuple[int, float]]:
-        """(step, loss) of the non-finite steps added since the last call: one host read."""
+    def take_skipped(self) -> list[tuple[int, float, int]]:
+        """(step, loss, status) of the steps not applied among those added since the last
+        call: one host read."""
         if not self._unread:
             return []
-        values = torch.stack([loss for _, loss in self._unread]).tolist()
-        skipped = [(step, value) for (step, _), value in zip(self._unread, values) if not math.isfinite(value)]
+        values = torch.stack([torch.stack([loss.double(), status.double().to(loss.device)])
+                              for _, loss, status in self._unread]).tolist()
+        skipped = [(step, loss, int(status)) for (step, _, _), (loss, status) in zip(self._unread, values)
+                   if status]
         self.losses += len(values) - len(skipped)
         self._unread = []
         return skipped
 
-    def report(self) -> tuple[float | None, float, list[tuple[int, float]]]:
-        """(mean finite loss since the last report, None if every step was skipped; images/s
-        since the epoch began; the skipped steps not taken yet); starts a new loss window."""
+    def report(self) -> tuple[float | None, float, list[tuple[int, float, int]]]:
+        """(mean loss of the applied steps since the last report, None if every one was
+        skipped; images/s since the epoch began; the steps not applied, not taken yet); starts
+        a new loss window."""
         skipped = self.take_skipped()
         mean = (self.loss_sum / self.losses).item() if self.losses else None
         self.loss_sum.zero_()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from verydeep.train.config import OptimConfig
+from verydeep.training_config import OptimConfig
 
 
 def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:

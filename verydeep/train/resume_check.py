@@ -43,7 +43,7 @@ def _flat(config: dict) -> dict:
     return out
 
 
-def _normalised(saved: dict) -> dict:
+def _normalized(saved: dict) -> dict:
     """The checkpoint's config with today's defaults for keys added since it was written."""
     try:
         return config_to_dict(config_from_dict(saved))
@@ -53,7 +53,7 @@ def _normalised(saved: dict) -> dict:
 
 def config_differences(saved: dict, current: Config) -> list[str]:
     """``key: checkpoint value -> value now`` for each key that must not change but did."""
-    before, now = _flat(_normalised(saved)), _flat(config_to_dict(current))
+    before, now = _flat(_normalized(saved)), _flat(config_to_dict(current))
     missing = object()
     out = []
     for key in sorted(before.keys() | now.keys()):

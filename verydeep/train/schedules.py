@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from verydeep.train.config import ScheduleConfig
+from verydeep.training_config import ScheduleConfig
 
 
 class LRSchedule:

@@ -23,7 +23,7 @@ from verydeep.data import Splits, build_train_loader, discover
 from verydeep.data.loaders import TrainLoader
 from verydeep.data.stats import resolve_stats
 from verydeep.errors import CheckpointError
-from verydeep.models.from_config import model_from_config
+from verydeep.train.starting_net import model_from_config
 from verydeep.models.vgg import VGGSpec
 from verydeep.parallel.distributed import DistInfo, barrier, init_distributed
 from verydeep.parallel.strategy import ParallelStrategy, build_strategy
@@ -35,7 +35,9 @@ from verydeep.train.checkpoint import (
 )
 from verydeep.train.input_convention import check_start_weights
 from verydeep.train.ema import ModelEMA
+from verydeep.train.loss import classification_loss
 from verydeep.train.metrics import MetricsLog
+from verydeep.train.nonfinite import NonFiniteAccounting, check_finite_weights
 from verydeep.train.optim import build_optimizer, freeze_convolutions
 from verydeep.train.resume_check import check_resumable
 from verydeep.train.run_folder import RunFolder, claim_run_folder, trim_metrics
@@ -62,6 +64,7 @@ class Run:
     scaler: torch.amp.GradScaler
     step_settings: StepSettings
     metrics: MetricsLog
+    nonfinite: NonFiniteAccounting  # what a dropped update or diverged weights do to the run
     loader: TrainLoader
     steps_per_epoch: int  # global batches in an epoch
     max_steps: float  # the epochs' steps, capped by train.max_iterations
@@ -78,16 +81,24 @@ class Run:
                 and not state.plateau_stopped)
 
     def save_checkpoint(self, state: TrainState, name: str) -> None:
-        """Write RUN_DIR/``name``; collective: every rank calls it (the weights are gathered from all)."""
+        """Write RUN_DIR/``name``; collective: every rank calls it (the weights are gathered from all).
+
+        Weights (or their moving average) with a NaN or inf are refused before anything is
+        written: the files already there keep the last good state (NonFiniteWeights, exit 5)."""
         weights = self.strategy.full_state_dict()
         if not self.is_main:
             return
+        ema = self.ema.state_dict() if self.ema else None
+        where = f"{self.run_dir / name} not written, the files there keep the last good state"
+        check_finite_weights(weights, f"the weights at step {state.step} ({where})")
+        if ema is not None:
+            check_finite_weights(ema, f"the weights' moving average at step {state.step} ({where})")
         save_training_checkpoint(self.run_dir / name, state, weights=weights, spec=self.spec, cfg=self.cfg,
                                  classes=self.splits.classes, class_names=self.splits.class_names,
                                  optimizer=self.optimizer, schedule=self.schedule, scaler=self.scaler,
                                  world_size=self.dist.world_size, parallel_mode=self.strategy.mode,
                                  metrics_bytes=_size(self.metrics.path),
-                                 ema=self.ema.state_dict() if self.ema else None,
+                                 ema=ema,
                                  ema_updates=self.ema.updates if self.ema else 0)
 
     def release_folder(self) -> None:
@@ -240,15 +251,18 @@ def _build(cfg: Config, folder: RunFolder, dist: DistInfo) -> tuple[Run, TrainSt
     if cfg.train.compile:
         model.compile()  # compiles forward in place; state-dict keys stay unchanged
     strategy = build_strategy(model, cfg.parallel, dist, crop_size=cfg.data.crop_size, accum=accum)
+    metrics = MetricsLog(run_dir, enabled=dist.is_main, tensorboard=cfg.train.tensorboard)
     run = Run(
         cfg=cfg, run_dir=run_dir, dist=dist, runtime=runtime, splits=splits, spec=model.spec, strategy=strategy,
         optimizer=build_optimizer(strategy.local_module, cfg.optim, runtime.device),
         scaler=torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype is torch.float16),
         schedule=LRSchedule(cfg.schedule, cfg.optim.lr, steps_per_epoch, cfg.train.epochs, cfg.train.max_iterations),
         step_settings=StepSettings(seed=cfg.train.seed, amp_dtype=runtime.amp_dtype,
-                                   label_smoothing=cfg.train.label_smoothing, grad_clip=cfg.optim.grad_clip,
-                                   nonfinite=cfg.train.nonfinite),
-        metrics=MetricsLog(run_dir, enabled=dist.is_main, tensorboard=cfg.train.tensorboard),
+                                   loss_fn=classification_loss(cfg.train.label_smoothing),
+                                   grad_clip=cfg.optim.grad_clip, nonfinite=cfg.train.nonfinite),
+        metrics=metrics,
+        nonfinite=NonFiniteAccounting(cfg.train.nonfinite, cfg.train.max_skipped_share, run_dir, metrics,
+                                      dist.is_main),
         loader=build_train_loader(cfg.data, splits.train, per_process, seed=cfg.train.seed,
                                   rank=strategy.data_rank, world_size=strategy.data_world,
                                   device=runtime.device, channels_last=runtime.channels_last,

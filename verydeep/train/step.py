@@ -1,11 +1,14 @@
 """One optimiser step on one global batch, in whatever parallel mode the strategy runs.
 
-The non-finite policy never lets a NaN or infinite loss reach the weights, and on CUDA it
-does so without reading anything back to the host: the step computes a finiteness flag on
-the device and hands it to a fused optimiser as ``found_inf`` (the protocol
-``torch.amp.GradScaler`` uses), whose kernel then leaves parameters, momentum and weight
-decay untouched. The loss comes back as a device tensor; a non-finite value means the update
-was dropped, and the loop reads it back with the other losses at its next log line (see
+The step owns the loss: the criterion (``verydeep.train.loss``, in ``StepSettings.loss_fn``)
+goes to the strategy's forward-backward. It also owns the guard
+(:mod:`verydeep.train.nonfinite`): a NaN or infinite loss or gradient never reaches the
+weights, and weights that the update made non-finite are reported as a diverged run. On CUDA
+it does so without reading anything back to the host: the step computes a flag over the loss
+and every gradient on the device and hands it to a fused optimiser as ``found_inf`` (the
+protocol ``torch.amp.GradScaler`` uses), whose kernel then leaves parameters, momentum, step
+counts and weight decay untouched. The step's status comes back as a device tensor with its
+loss, and the loop reads both back at its next log line (see
 :class:`~verydeep.train.metrics.TrainMeter`). Where no fused optimiser can take the flag (the
 CPU's plain loops, whose arithmetic the bitwise-resume guarantee is built on, DTensor
 parameters, fp16 loss scaling) the step reads the flag on the host, as cheap there as it is
@@ -14,29 +17,16 @@ anywhere on a CPU.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
-from verydeep.errors import EXIT_DIVERGED, VerydeepError
 from verydeep.parallel.strategy import ParallelStrategy
+from verydeep.train.loss import LossFn, classification_loss
+from verydeep.train.nonfinite import DIVERGED, SKIPPED, NonFiniteStep, nonfinite_flag
 from verydeep.train.optim import initialise_momentum
 from verydeep.train.schedules import LRSchedule
-
-
-class NonFiniteLossError(VerydeepError, RuntimeError):
-    """Training diverged: a NaN or infinite loss under ``train.nonfinite=stop``."""
-
-    exit_code = EXIT_DIVERGED
-
-    def __init__(self, message: str, value: float = math.nan) -> None:
-        super().__init__(message)
-        self.value = value  # the loss
-
-
-class TooManySkippedSteps(NonFiniteLossError):
-    """Under ``train.nonfinite=skip``, more than ``train.max_skipped_share`` of the steps were skipped."""
 
 
 @dataclass(frozen=True)
@@ -45,12 +35,19 @@ class StepSettings:
 
     seed: int = 0
     amp_dtype: torch.dtype | None = None
-    label_smoothing: float = 0.0
+    loss_fn: LossFn = field(default_factory=classification_loss)  # train.label_smoothing built in
     grad_clip: float | None = None  # max global gradient norm; None: no clipping
-    nonfinite: str = "stop"  # stop | skip: what a non-finite loss does (the loop acts on it)
-    # False: no guard at all, a non-finite loss reaches the optimiser. Only the benchmark's
-    # ``nosync`` variant turns it off, to measure what the guard costs.
+    nonfinite: str = "stop"  # stop | skip: what a non-finite loss or gradient does (the loop acts on it)
+    # False: no guard at all, a non-finite loss or gradient reaches the optimiser. Only the
+    # benchmark's ``nosync`` variant turns it off, to measure what the guard costs.
     check_finite: bool = True
+
+
+class StepResult(NamedTuple):
+    loss: torch.Tensor  # the batch-mean loss: 0-d, detached, on the device
+    # 0-d on the device: nonfinite.APPLIED, SKIPPED (a non-finite loss or gradient: the update
+    # was dropped) or DIVERGED (the update left non-finite weights); None: not checked.
+    status: torch.Tensor | None
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -59,17 +56,15 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**63 - 1)
 
 
-def forward_backward(strategy: ParallelStrategy, images: torch.Tensor, labels: torch.Tensor,
-                     amp_dtype: torch.dtype | None, scaler: torch.amp.GradScaler,
-                     label_smoothing: float) -> torch.Tensor:
+def forward_backward(strategy: ParallelStrategy, images: torch.Tensor, labels: torch.Tensor, loss_fn: LossFn,
+                     amp_dtype: torch.dtype | None, scaler: torch.amp.GradScaler) -> torch.Tensor:
     """Forward and backward of one global-batch step in whatever parallel mode; the batch-mean loss.
 
     The strategy splits the batch into the accumulation micro-batches and weights each by its
     share, so the gradient does not depend on how the batch is split or over how many ranks.
     """
     scale = scaler.get_scale() if scaler.is_enabled() else 1.0
-    return strategy.forward_backward(images, labels, amp_dtype=amp_dtype, label_smoothing=label_smoothing,
-                                     loss_scale=scale)
+    return strategy.forward_backward(images, labels, loss_fn, amp_dtype=amp_dtype, loss_scale=scale)
 
 
 def skips_on_device(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> bool:
@@ -80,34 +75,46 @@ def skips_on_device(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScal
 
 def train_step(strategy: ParallelStrategy, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                schedule: LRSchedule, images: torch.Tensor, labels: torch.Tensor, *, step: int,
-               settings: StepSettings) -> torch.Tensor:
-    """Optimiser step ``step`` on this rank's share of one global batch; the batch-mean loss
-    (0-d, detached, on the device). A non-finite loss means the update was not applied.
+               settings: StepSettings) -> StepResult:
+    """Optimiser step ``step`` on this rank's share of one global batch: its loss and status.
 
-    Every rank sees the same loss (the strategies reduce it over the data-parallel ranks), so
-    all ranks drop the same steps. Where the drop is decided on the host (see the module doc)
-    and ``settings.nonfinite`` is ``stop``, raises :class:`NonFiniteLossError` at once;
-    otherwise the loop raises it when it reads the loss back.
+    Every rank sees the same loss (the strategies reduce it over the data-parallel ranks) and
+    the same flags (:meth:`~verydeep.parallel.base.ParallelStrategy.any_rank` where ranks
+    hold different parts of the net), so all ranks drop the same steps. Where the check is
+    read on the host (see the module doc), a dropped step under ``settings.nonfinite=stop``
+    and non-finite weights raise at once (:class:`~verydeep.train.nonfinite.Diverged`);
+    otherwise the loop raises when it reads the status back.
     """
     lr = schedule.lr(step)
     for group in optimizer.param_groups:
         group["lr"] = lr
     torch.manual_seed(step_seed(settings.seed, step, strategy.dist.rank))
-    loss = forward_backward(strategy, images, labels, settings.amp_dtype, scaler,
-                            settings.label_smoothing).detach()
+    loss = forward_backward(strategy, images, labels, settings.loss_fn, settings.amp_dtype, scaler).detach()
     if not settings.check_finite:
         _update(strategy, optimizer, scaler, settings)
-    elif skips_on_device(optimizer, scaler):
-        _update(strategy, optimizer, scaler, settings, found_inf=(~torch.isfinite(loss)).float())
-    elif torch.isfinite(loss):  # a host read: the step's only one, and only on this path
-        _update(strategy, optimizer, scaler, settings)
-    elif settings.nonfinite == "skip":
+        return StepResult(loss, None)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    # fp16 loss scaling: overflowing gradients are the scaler's routine (it skips the step and
+    # lowers the scale), so only the loss is ours to check.
+    checked = [loss] if scaler.is_enabled() else [loss, *(p.grad for p in params if p.grad is not None)]
+    found_inf = strategy.any_rank(nonfinite_flag(checked, loss.device))
+    on_device = skips_on_device(optimizer, scaler)
+    if on_device:
+        _update(strategy, optimizer, scaler, settings, found_inf=found_inf)
+    elif found_inf.item():  # a host read: the step's only one before the update, and only on this path
         optimizer.zero_grad(set_to_none=True)
+        if settings.nonfinite != "skip":
+            raise NonFiniteStep(step, loss.item(), SKIPPED).error()
     else:
-        optimizer.zero_grad(set_to_none=True)
-        value = loss.item()
-        raise NonFiniteLossError(f"loss is {value} at step {step}", value=value)
-    return loss
+        _update(strategy, optimizer, scaler, settings)
+    # The weights and the batch-norm running statistics, which the forward updated even when
+    # the update was dropped: a finite loss can hide statistics that overflowed (a training
+    # forward never reads them; validation does).
+    buffers = [b for b in strategy.local_module.buffers() if b.is_floating_point()]
+    diverged = strategy.any_rank(nonfinite_flag([*params, *buffers], loss.device))
+    if not on_device and diverged.item():
+        raise NonFiniteStep(step, loss.item(), DIVERGED).error()
+    return StepResult(loss, torch.maximum(found_inf * SKIPPED, diverged * DIVERGED))
 
 
 def _update(strategy: ParallelStrategy, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,

@@ -1,5 +1,7 @@
 """Validation during training: single-crop protocol (rescale to Q, centre crop), loss and
-top-1/top-5 error in percent. Unreadable images count as errors, and are reported."""
+top-1/top-5 error in percent. Unreadable images count as errors, and are reported; so are
+images whose logits hold a NaN or inf (a validation with any, or with a non-finite loss, is
+never a run's best: ``verydeep.train.loop``)."""
 
 from __future__ import annotations
 
@@ -32,8 +34,8 @@ def validate(strategy: ParallelStrategy, cfg: Config, splits: Splits, *, per_pro
         torch.distributed.all_reduce(calls, op=torch.distributed.ReduceOp.MAX)
     empty = torch.zeros(0, 3, cfg.data.eval_crop, cfg.data.eval_crop, device=device)
     batches = iter(loader)
-    # [loss sum, top-1 correct, top-5 correct, decoded images, unreadable images]
-    sums = torch.zeros(5, dtype=torch.float64, device=device)
+    # [loss sum, top-1 correct, top-5 correct, decoded images, unreadable images, non-finite logits]
+    sums = torch.zeros(6, dtype=torch.float64, device=device)
     for _ in range(int(calls.item())):
         images, labels, _indices, bad = next(batches, (empty, torch.zeros(0, dtype=torch.long), None, []))
         sums[4] += len(bad)
@@ -47,9 +49,10 @@ def validate(strategy: ParallelStrategy, cfg: Config, splits: Splits, *, per_pro
         sums[1] += hits[0]
         sums[2] += hits[1]
         sums[3] += images.shape[0]
+        sums[5] += (~torch.isfinite(logits)).any(dim=1).sum()
     strategy.sum_over_data(sums)
     strategy.train(was_training)
-    loss, c1, c5, n, n_bad = sums.tolist()
+    loss, c1, c5, n, n_bad, n_nonfinite = sums.tolist()
     total = n + n_bad
     if total == 0:
         raise ValueError("the validation split is empty")
@@ -59,4 +62,5 @@ def validate(strategy: ParallelStrategy, cfg: Config, splits: Splits, *, per_pro
         "val_top5_error": 100.0 * (1 - c5 / total),
         "val_images": int(total),
         "val_bad_images": int(n_bad),
+        "val_nonfinite_images": int(n_nonfinite),  # images whose logits hold a NaN or inf
     }

@@ -1,4 +1,12 @@
-"""Optimiser, LR-schedule and loop sections of a run configuration (defaults: the paper's)."""
+"""The training sections of a run configuration: optimiser, LR schedule and loop (``optim``,
+``schedule``, ``train``; defaults: the paper's).
+
+They live here, not in ``verydeep/train/`` beside the code that reads them, because the
+training package takes the whole run configuration (``verydeep.config.Config``), which is
+composed of these sections: inside ``train/`` they would make the packages ``config`` and
+``train`` import each other. Like every section module, this one imports nothing from the
+package (the CLI builds its parsers from it without torch).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,8 @@ from dataclasses import dataclass, field
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("plateau", "step", "multistep", "cosine", "constant")
-AMP_MODES = ("auto", "none", "bf16", "fp16")
+AMP_MODES = ("auto", "none", "bf16", "fp16")  # train.amp, --amp; resolved by verydeep.runtime.resolve_amp
+NONFINITE_POLICIES = ("stop", "skip")  # train.nonfinite; acted on by verydeep.train.nonfinite
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")  # what verydeep.runtime.resolve_device takes
 
 
@@ -79,7 +88,7 @@ class TrainConfig:
     checkpoint_every_steps: int | None = None  # extra last.pt writes inside an epoch
     val_batch_size: int | None = None  # None: same as the per-process batch
     log_every: int = 10  # steps between metrics.jsonl train records
-    nonfinite: str = "stop"  # stop | skip: what a NaN/inf loss does
+    nonfinite: str = "stop"  # stop | skip: what a NaN/inf loss or gradient does
     # Under skip: the run fails (exit code 5, diverged) when more than this share of its steps
     # were skipped; judged at its end, and from 100 steps on at every log line.
     max_skipped_share: float = 0.1
@@ -95,8 +104,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp: unknown mode {self.amp!r}; known: {', '.join(AMP_MODES)}")
-        if self.nonfinite not in ("stop", "skip"):
-            raise ValueError(f"nonfinite must be stop or skip, got {self.nonfinite!r}")
+        if self.nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {self.nonfinite!r}")
         if not 0 <= self.max_skipped_share <= 1:
             raise ValueError(f"max_skipped_share must be in [0, 1], got {self.max_skipped_share}")
         if self.batch_size < 1 or self.epochs < 1:

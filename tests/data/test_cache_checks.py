@@ -8,7 +8,7 @@ import logging
 import os
 
 import pytest
-from conftest import WNIDS, write_class_folders, write_image
+from .conftest import WNIDS, write_class_folders, write_image
 from PIL import Image
 
 from verydeep.data import DataConfig

@@ -117,7 +117,7 @@ def _finite_checkpoints(run_dir):
     found = []
     for name in ("best.pt", "last.pt"):
         if (run_dir / name).exists():
-            weights = load_checkpoint(run_dir / name)["model"]
+            weights = load_checkpoint(run_dir / name, finite=False).weights
             assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point()), name
             found.append(name)
     return found

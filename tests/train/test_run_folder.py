@@ -173,11 +173,12 @@ def test_ctrl_c_during_start_up_ends_in_one_line_and_frees_the_folder(tiny_image
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(setup_module, "discover", interrupted)  # while the data is being listed
+    monkeypatch.setattr(setup_module, "build_runtime", interrupted)  # once the folder is claimed
     run = tmp_path / "run"
     assert _cli(tiny_imagenet, run) == exit_code_for_signal(signal.SIGINT)
     err = capsys.readouterr().err.strip()
     assert err.splitlines()[-1] == "verydeep: interrupted" and "Traceback" not in err
+    assert not run.exists()  # the folder this start made held only its lock: gone with it
     monkeypatch.undo()
     assert _cli(tiny_imagenet, run, "--auto-resume") == 0  # the lock went with the interrupted start
 

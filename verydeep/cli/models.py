@@ -19,16 +19,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from verydeep.models import count_parameters, create_model, list_models, resolve
-    from verydeep.models.complexity import forward_macs
+    from verydeep.models import list_models, resolve
 
     name = args.model or args.name
     names = [name] if name else list_models()
+    resolved = [resolve(n) for n in names]  # an unknown name fails here, before the header and torch
+
+    import torch
+
+    from verydeep.models import count_parameters, create_model
+    from verydeep.models.complexity import forward_macs
+
     print(f"{'name':<14}{'config':<8}{'bn':<5}{'params':>14}{'GMACs':>9}  output")
-    for name in names:
-        config, bn = resolve(name)
+    for name, (config, bn) in zip(names, resolved):
         # Shapes are all a summary needs: build on the meta device (no memory, no init cost).
         with torch.device("meta"):
             model = create_model(name, num_classes=args.num_classes, width=args.width,

@@ -103,9 +103,10 @@ TRAINING_SHORTHANDS = {
 
 def add_training(p: argparse.ArgumentParser, *, config_default: str | None = None) -> None:
     """Recipe, ``--set`` and the shorthands every training command takes (train, demo)."""
-    p.add_argument("--config", required=config_default is None, default=config_default, metavar="RECIPE",
+    p.add_argument("--config", default=config_default, metavar="RECIPE",
                    help="recipe: a packaged name (`verydeep recipes` lists them, e.g. paper_A_S256) or a YAML file"
-                        + (f" (default: {config_default})" if config_default else ""))
+                        + (f" (default: {config_default})" if config_default else
+                           "; not needed with --resume: the run's own config.yaml is used"))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set optim.lr=0.001 (repeatable; applied after the "
                         "shorthands below)")
@@ -117,7 +118,9 @@ def add_training(p: argparse.ArgumentParser, *, config_default: str | None = Non
     add_workers(g, what="data.workers: training data loading")
     add_device(g, default=None, key="train.device")
     add_amp(g, default=None, key="train.amp")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue a run from its last.pt: the run folder RUN_DIR (or --out), with the run's own "
+                        "config.yaml and the overrides given now (e.g. --epochs)")
 
 
 def training_overrides(args: argparse.Namespace) -> list[str]:

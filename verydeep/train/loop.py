@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from verydeep.config import Config
+from verydeep.data.layouts import Splits
 from verydeep.errors import Interrupted
 from verydeep.parallel.distributed import all_reduce_sum, barrier
 from verydeep.progress import progress_bar
@@ -72,14 +73,16 @@ class StopFlag:
             signal.signal(sig, old)
 
 
-def train(cfg: Config, out_dir: str | Path, *, resume: bool | str = False, overwrite: bool = False) -> TrainResult:
+def train(cfg: Config, out_dir: str | Path, *, resume: bool | str = False, overwrite: bool = False,
+          splits: Splits | None = None) -> TrainResult:
     """Train ``cfg`` into ``out_dir`` until the epochs, the iteration cap or the plateau rule end
     the run, or a signal interrupts it. ``resume`` (True: continue its ``last.pt``; "auto": when
-    there is one) and ``overwrite`` say what to do with a run already there (``setup``).
+    there is one) and ``overwrite`` say what to do with a run already there (``setup``);
+    ``splits``: the dataset, found already (``verydeep.train.start_check``).
 
     A run a signal stopped writes its checkpoint and summary, then raises Interrupted (exit
     code 128 + the signal): a scheduler must not take it for a finished run."""
-    run, state = setup(cfg, Path(out_dir), resume=resume, overwrite=overwrite)
+    run, state = setup(cfg, Path(out_dir), resume=resume, overwrite=overwrite, splits=splits)
     try:
         with StopFlag() as stop:
             while run.more_to_train(state):

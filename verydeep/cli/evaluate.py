@@ -42,7 +42,7 @@ def _options(args: argparse.Namespace, **batching):
                        **batching)
 
 
-def _common(p: argparse.ArgumentParser, protocol_default: str) -> None:
+def _common(p: argparse.ArgumentParser, protocol_default: str, scales_default: str) -> None:
     add_checkpoint(p, several=True)
     add_ema(p)
     p.add_argument("--caffe-bgr", action="store_true",
@@ -52,8 +52,11 @@ def _common(p: argparse.ArgumentParser, protocol_default: str) -> None:
     p.add_argument("--scales", action="append", metavar="Q[,Q...]",
                    help="test scales Q: a comma list (e.g. 256,384,512), 'single' or 'multi' (the paper's "
                         "defaults from each net's own training scale S), or one comma list per --checkpoint "
-                        "separated by '/' (e.g. 224,256,288/256,384,512); repeat for several rows")
-    p.add_argument("--no-flip", dest="flip", action="store_false", help="do not average with mirrored images")
+                        "separated by '/' (e.g. 224,256,288/256,384,512); repeat for several rows (default: "
+                        f"{scales_default})")
+    p.add_argument("--no-flip", dest="flip", action="store_false",
+                   help="score each image alone, as training's validation does (default: average its posteriors "
+                        "with its mirror's, as the paper does)")
     p.add_argument("--dense-average", choices=("scores", "posteriors"), default="scores",
                    help="dense: average the score map then softmax (paper, default), or softmax per location")
     add_device(p)
@@ -62,7 +65,7 @@ def _common(p: argparse.ArgumentParser, protocol_default: str) -> None:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate nets with the paper's protocols (dense, multi-crop, scales, fusion)")
-    _common(p, "dense")
+    _common(p, "dense", "single and multi: a row each per protocol")
     add_data(p, help="dataset folder (required: a checkpoint supplies the net, its classes and preprocessing, "
                      "never the data to read)")
     add_batch_size(p, default=32, what="images per forward pass")
@@ -79,7 +82,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_eval)
 
     p = sub.add_parser("predict", help="top-5 classes of images (dense evaluation by default)")
-    _common(p, "dense")
+    _common(p, "dense", "single")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--topk", type=positive_int, default=5, metavar="K", help="classes to list (default: %(default)s)")
     add_json(p, "the predictions")
@@ -123,7 +126,7 @@ def run_eval(args: argparse.Namespace) -> int:
             for s in _scale_sets(args.scales) for p in _protocols(args.protocol)]
     # --batch-size is global, as everywhere: each of the W processes takes its share.
     options = _options(args, batch_size=max(1, args.batch_size // dist.world_size), crop_batch=args.crop_batch)
-    report = _report_writer(args, nets, data_cfg, samples, options) if dist.is_main else None
+    report = _report_writer(args, nets, data_cfg, samples, options, runtime.device) if dist.is_main else None
     done: dict[int, dict] = {}  # rows finished so far, by their place in the table
 
     def partial(index: int, row_result) -> None:
@@ -136,7 +139,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if dist.is_main:
         title = f"{len(samples)} images of {data_cfg.root}" + (f", {len(nets)} nets fused" if len(nets) > 1 else "")
         if args.json != "-":  # --json alone: the JSON replaces the table on stdout
-            print(format_table(result.rows, title=title))
+            print(format_table(result.rows, title=title, flip=args.flip))
         for i, path in result.bad[:20]:
             print(f"undecodable (counted as error): {path}", file=sys.stderr)
         report(result.rows, complete=True)
@@ -153,7 +156,7 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_writer(args: argparse.Namespace, nets, data_cfg, samples, options):
+def _report_writer(args: argparse.Namespace, nets, data_cfg, samples, options, device):
     """A function ``(rows, complete)`` that (re)writes the JSON report of ``--json``.
 
     The report is written once before any work, marked running: a path that cannot be
@@ -162,7 +165,8 @@ def _report_writer(args: argparse.Namespace, nets, data_cfg, samples, options):
     from verydeep.evaluate.report import report_header, report_row, write_report
 
     header = report_header(nets, args.checkpoint, data_root=data_cfg.root, images=len(samples),
-                           scales=list(args.scales or ["single", "multi"]), options=options, ema=args.ema)
+                           scales=list(args.scales or ["single", "multi"]), options=options, ema=args.ema,
+                           device=device)
 
     def write(rows: list[dict], complete: bool) -> None:
         if not args.json:

@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 
+from verydeep.cli.vocabulary import show_defaults
 from verydeep.errors import EXIT_IO, EXIT_USAGE, Interrupted, VerydeepError, exit_code_for_signal
 
 # Command modules, each with ``add_parser(subparsers)``; handlers return an exit code.
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(name).add_parser(sub)
+    show_defaults(parser)
     return parser
 
 

@@ -136,6 +136,29 @@ def training_overrides(args: argparse.Namespace) -> list[str]:
     return [*out, *args.overrides]
 
 
+# --- help ---------------------------------------------------------------------------------------
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's help states its default: ``(default: X)`` is added where the text does
+    not say it already (options without a default, and switches, are left as written)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or isinstance(action.default, bool) or action.default in ("", [])
+        if not action.option_strings or "default" in text or unset or action.default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """:class:`DefaultsHelpFormatter` for ``parser`` and every sub-command's parser under it."""
+    parser.formatter_class = DefaultsHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                show_defaults(sub)
+
+
 # --- values ---------------------------------------------------------------------------------------
 
 def positive_int(text: str) -> int:

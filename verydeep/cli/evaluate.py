@@ -6,8 +6,8 @@ import argparse
 import logging
 import sys
 
-from verydeep.cli.vocabulary import (add_amp, add_batch_size, add_checkpoint, add_data, add_device, add_ema, add_json,
-                                     add_out, add_workers, deprecated, emit_json, positive_int)
+from verydeep.cli.vocabulary import (add_amp, add_batch_size, add_checkpoint, add_crop_size, add_data, add_device,
+                                     add_ema, add_json, add_out, add_workers, deprecated, emit_json, positive_int)
 from verydeep.errors import UsageError
 
 
@@ -98,7 +98,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="onnx, safetensors or both (default: %(default)s); onnx needs the onnx extra: "
                         "pip install 'verydeep[onnx]'")
     p.add_argument("--form", default="classifier,dense", help="ONNX forms: classifier, dense or both")
-    p.add_argument("--image-size", type=positive_int, help="example input side for export (default from the net)")
+    add_crop_size(p, what="the classifier's input side, fixed in its ONNX graph (default: the net's training "
+                          "crop)")
     p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
                    help="dynamo: torch.export-based, PyTorch's default (opset >= 18); torchscript: the deprecated "
                         "tracing exporter (default: %(default)s)")
@@ -254,7 +255,7 @@ def run_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if "onnx" in formats:
         for form in forms:
-            path = export_onnx(net, out / f"{form}.onnx", form=form, image_size=args.image_size,
+            path = export_onnx(net, out / f"{form}.onnx", form=form, image_size=args.crop_size,
                                opset=args.opset, exporter=args.exporter)
             print(f"wrote {path}")
     if "safetensors" in formats:

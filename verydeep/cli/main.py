@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 
-from verydeep.cli.vocabulary import show_defaults
+from verydeep.cli.vocabulary import foreign_flag_hint, show_defaults
 from verydeep.errors import EXIT_IO, EXIT_USAGE, Interrupted, VerydeepError, exit_code_for_signal
 
 # Command modules, each with ``add_parser(subparsers)``; handlers return an exit code.
@@ -25,10 +25,20 @@ COMMANDS = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, answering another tool's spelling of a flag (torchvision's, timm's) with ours."""
+
+    def error(self, message: str):
+        hint = foreign_flag_hint(message)
+        if hint:
+            self.exit(EXIT_USAGE, f"verydeep: error: {hint}\n")
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from verydeep import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="verydeep",
         description="Train and evaluate the VGG networks (Simonyan & Zisserman, ICLR 2015).",
     )

@@ -78,10 +78,22 @@ def test_predict_prints_top5_with_names(dataset, tmp_path, capsys):
 
 
 def test_export_command_writes_all_files(run_dir, tmp_path):
+    """In a process of its own, as a user runs it: its log holds no INFO lines of the ONNX
+    exporter's passes (25 of them, issue 19), and every file gets a plain file's mode."""
+    import os
+    import subprocess
+    import sys
+
     out = tmp_path / "exp"
-    assert main(["export", "--checkpoint", str(run_dir), "--out", str(out)]) == 0
+    proc = subprocess.run([sys.executable, "-m", "verydeep", "export", "--checkpoint", str(run_dir), "--out",
+                           str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert [line for line in proc.stderr.splitlines() if " INFO " in line and " verydeep." not in line] == []
+    umask = os.umask(0o022)
+    os.umask(umask)
     for name in ("classifier.onnx", "dense.onnx", "model.safetensors"):
         assert (out / name).is_file()
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name  # not safetensors' own 0600
     # The exported safetensors loads back as a checkpoint with its classes and preprocessing.
     from verydeep.evaluate import load_eval_net
 
@@ -185,3 +197,11 @@ def test_help_states_the_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: single and multi: a row each per protocol)" in text and all(s in text for s in SCALE_SETS)
     assert "(default: average its posteriors with its mirror's" in text
+
+
+def test_predict_names_a_missing_file_or_a_folder_once(dataset, run_dir, tmp_path, capsys):
+    main(["predict", "--checkpoint", str(run_dir), "--protocol", "center", str(tmp_path / "missing.jpg"),
+          str(tmp_path)])
+    missing, folder = capsys.readouterr().out.splitlines()
+    assert missing == f"{tmp_path / 'missing.jpg'}: error: cannot decode image: file not found"
+    assert folder == f"{tmp_path}: error: cannot decode image: a folder, not an image file"

@@ -225,7 +225,8 @@ def run_predict(args: argparse.Namespace) -> int:
         return 0 if all("error" not in r for r in results) else 1
     for r in results:
         if "error" in r:
-            print(f"{r['path']}: error: {r['error']}")
+            reason = r["error"].removeprefix(f"{r['path']}: ")  # the error names the path already
+            print(f"{r['path']}: error: {reason}")
             continue
         print(f"{r['path']} ({r['protocol']}, Q={','.join(map(str, r['scales']))}):")
         for rank, t in enumerate(r["top"], 1):

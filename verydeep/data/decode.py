@@ -46,7 +46,10 @@ def load_image(path, min_short_side: float | None = None, exif_orientation: bool
     image as its EXIF orientation tag says (see the module docstring for when).
     """
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise BadImageError(path, "a folder, not an image file")
+        if not stat.S_ISREG(mode):
             raise BadImageError(path, "not a regular file (FIFO, socket or device)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EXIF / decompression-bomb chatter of crawled files

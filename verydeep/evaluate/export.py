@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import torch
 
+from verydeep.atomic_write import plain_file_mode
 from verydeep.errors import UsageError
 from verydeep.evaluate.checkpoints import EvalNet, as_eval_nets
 from verydeep.models import fully_convolutional, save_weights
@@ -104,4 +106,6 @@ def export_safetensors(net, path: str | Path) -> Path:
     (net,) = as_eval_nets(net)
     meta = export_metadata(net)
     meta.pop("spec")
-    return save_weights(net.model, Path(path), meta=meta)
+    path = save_weights(net.model, Path(path), meta=meta)
+    os.chmod(path, plain_file_mode())  # safetensors writes 0600; every other file verydeep writes is 0644
+    return path

@@ -55,6 +55,10 @@ def test_one_recipe_in_full_without_torch():
     (("train", "--config", "demo", "--data", "{tmp}/missing", "--out", "{tmp}/run"), 3, "missing"),
     (("train", "--config", "demo", "--model", "vgg17", "--out", "{tmp}/run"), 2, "unknown model name 'vgg17'"),
     (("train", "--resume", "{tmp}/run"), 6, "nothing to resume"),
+    (("eval", "--checkpoint", "{tmp}/run", "--data", "{tmp}"), 4, "checkpoint not found"),
+    (("eval", "--checkpoint", "{tmp}", "--data", "{tmp}/missing"), 3, "not a folder"),
+    (("predict", "--checkpoint", "{tmp}/run", "a.jpg"), 4, "checkpoint not found"),
+    (("plot", "{tmp}/run"), 2, "no metrics.jsonl"),
 ])
 def test_errors_that_need_no_tensors_come_without_torch(tmp_path, argv, exit_code, says):
     code, heavy, out, err = _run(*(a.format(tmp=tmp_path) for a in argv))

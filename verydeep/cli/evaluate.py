@@ -108,7 +108,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_export)
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """The paths given, checked before torch loads: a typo is answered at once. Each --checkpoint
+    exists; eval's --data is a folder."""
+    import os
+    from pathlib import Path
+
+    from verydeep.data.errors import DataError
+    from verydeep.errors import CheckpointNotFoundError
+
+    for given in args.checkpoint if isinstance(args.checkpoint, list) else [args.checkpoint]:
+        if not Path(given).exists():
+            raise CheckpointNotFoundError(f"checkpoint not found: {given}")
+    if not hasattr(args, "limit"):  # predict, export: no dataset
+        return
+    if not args.data:
+        raise UsageError("eval needs the dataset to evaluate on: --data DIR (a folder with val/, or ImageNet's "
+                         "layouts); a checkpoint never chooses the data")
+    if not Path(args.data).is_dir():
+        raise DataError(f"--data {args.data}: not a folder (from {os.getcwd()}); give the dataset folder with "
+                        f"--data DIR")
+
+
 def run_eval(args: argparse.Namespace) -> int:
+    check_paths(args)
     from verydeep.data import discover
     from verydeep.evaluate import RowSpec, evaluate_rows, load_eval_net
     from verydeep.evaluate.report import format_table, write_per_class, write_per_image, write_report
@@ -191,25 +214,16 @@ def _report_writer(args: argparse.Namespace, nets, data_cfg, samples, options, d
 def _eval_data(args: argparse.Namespace, net):
     """The dataset to evaluate: ``--data`` (and ``--workers``) with the net's preprocessing.
     Paths come from the command line and the local defaults only (issue 14: a checkpoint's
-    stored ``data.root``, ``val_dir`` or ``index_cache`` would steer what is read and written)."""
+    stored ``data.root``, ``val_dir`` or ``index_cache`` would steer what is read and written).
+    ``--data`` is checked by :func:`check_paths`."""
     import dataclasses
-    import os
-    from pathlib import Path
 
-    from verydeep.data.errors import DataError
-    from verydeep.errors import UsageError
-
-    if not args.data:
-        raise UsageError("eval needs the dataset to evaluate on: --data DIR (a folder with val/, or ImageNet's "
-                         "layouts); a checkpoint never chooses the data")
-    if not Path(args.data).is_dir():
-        raise DataError(f"--data {args.data}: not a folder (from {os.getcwd()}); give the dataset folder with "
-                        f"--data DIR")
     changes = {"root": args.data, **({"workers": args.workers} if args.workers is not None else {})}
     return dataclasses.replace(net.data, **changes)
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    check_paths(args)
     from verydeep.evaluate import load_eval_net, predict
 
     nets = [load_eval_net(c, caffe_bgr=args.caffe_bgr, ema=args.ema) for c in args.checkpoint]
@@ -252,6 +266,7 @@ def run_export(args: argparse.Namespace) -> int:
         deprecated("--dynamo", "nothing: the torch.export-based exporter is the default (--exporter dynamo)")
     if "onnx" in formats:
         check_onnx_available(args.exporter)  # before loading the net: say which extra is missing at once
+    check_paths(args)
     net = load_eval_net(args.checkpoint, caffe_bgr=args.caffe_bgr, ema=args.ema)
     out = Path(args.out)
     if "onnx" in formats:

@@ -112,6 +112,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_plot(args: argparse.Namespace) -> int:
+    if not (Path(args.run_dir) / "metrics.jsonl").is_file():  # answered before torch and matplotlib load
+        raise FileNotFoundError(f"no metrics.jsonl in {args.run_dir}")
     from verydeep.train.plot import plot_run
 
     out = None

@@ -17,14 +17,18 @@ def run_demo(out: str = "runs/demo", data: str = "data/demo", config: str = "dem
              overrides: list[str] | None = None, resume: bool | str = False, overwrite: bool = False) -> int:
     from verydeep.config import load_config
     from verydeep.data import make_demo_dataset
-    from verydeep.train.loop import train
+    from verydeep.models.registry import resolve
 
     data_dir = Path(data)
+    cfg = load_config(config, [f"data.root={data_dir}", *(overrides or [])])
+    resolve(cfg.model.name)  # a typo in the net's name: before minutes of making data
     if not (data_dir / "train").is_dir():
         t = time.perf_counter()
         make_demo_dataset(data_dir, seed=0)
         log.info("demo data written to %s in %.1fs", data_dir, time.perf_counter() - t)
-    cfg = load_config(config, [f"data.root={data_dir}", *(overrides or [])])
+
+    from verydeep.train.loop import train
+
     t = time.perf_counter()
     result = train(cfg, out, resume=resume, overwrite=overwrite)
     train_min = (time.perf_counter() - t) / 60

@@ -59,10 +59,13 @@ def test_one_recipe_in_full_without_torch():
     (("eval", "--checkpoint", "{tmp}", "--data", "{tmp}/missing"), 3, "not a folder"),
     (("predict", "--checkpoint", "{tmp}/run", "a.jpg"), 4, "checkpoint not found"),
     (("plot", "{tmp}/run"), 2, "no metrics.jsonl"),
+    (("data", "stats", "--data", "{tmp}/missing"), 3, "missing"),
+    (("data", "prepare", "--data", "{tmp}/missing", "--out", "{tmp}/run"), 3, "missing is not a folder"),
+    (("demo", "--model", "vgg17", "--data", "{tmp}/run/data", "--out", "{tmp}/run"), 2, "unknown model name"),
 ])
 def test_errors_that_need_no_tensors_come_without_torch(tmp_path, argv, exit_code, says):
     code, heavy, out, err = _run(*(a.format(tmp=tmp_path) for a in argv))
     assert code == exit_code and heavy == []
     assert out == "" and says in err.splitlines()[-1] and "Traceback" not in err
-    assert not (tmp_path / "run").exists()  # a start that failed made no run folder
+    assert not (tmp_path / "run").exists()  # a start that failed made no run folder (nor demo data)
 

@@ -16,13 +16,14 @@ EVAL_BATCH = 64
 def run_demo(out: str = "runs/demo", data: str = "data/demo", config: str = "demo",
              overrides: list[str] | None = None, resume: bool | str = False, overwrite: bool = False) -> int:
     from verydeep.config import load_config
-    from verydeep.data import make_demo_dataset
     from verydeep.models.registry import resolve
 
     data_dir = Path(data)
     cfg = load_config(config, [f"data.root={data_dir}", *(overrides or [])])
     resolve(cfg.model.name)  # a typo in the net's name: before minutes of making data
     if not (data_dir / "train").is_dir():
+        from verydeep.data import make_demo_dataset
+
         t = time.perf_counter()
         make_demo_dataset(data_dir, seed=0)
         log.info("demo data written to %s in %.1fs", data_dir, time.perf_counter() - t)

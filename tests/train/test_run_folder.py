@@ -12,8 +12,8 @@ import pytest
 
 from verydeep.cli.main import main
 from verydeep.config import load_config
-from verydeep.errors import (EXIT_CHECKPOINT, EXIT_DATA, EXIT_IO, EXIT_RUN_FOLDER, EXIT_USAGE, CheckpointError, Interrupted, RunFolderError,
-                             exit_code_for_signal)
+from verydeep.errors import (EXIT_CHECKPOINT, EXIT_DATA, EXIT_IO, EXIT_RUN_FOLDER, EXIT_USAGE, CheckpointError,
+                             Interrupted, RunFolderError, exit_code_for_signal)
 from verydeep.train import loop
 from verydeep.train.checkpoint import load_checkpoint
 from verydeep.train.loop import train

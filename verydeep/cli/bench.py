@@ -10,8 +10,8 @@ import argparse
 import dataclasses
 import sys
 
-from verydeep.cli.vocabulary import (add_amp, add_batch_size, add_crop_size, add_data, add_device, add_devices, add_json,
-                                     add_model, add_workers, emit_json)
+from verydeep.cli.vocabulary import (add_amp, add_batch_size, add_crop_size, add_data, add_device, add_devices,
+                                     add_json, add_model, add_workers, emit_json)
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -120,7 +120,8 @@ def schedule_change(saved_config: dict, cfg: Config, step: int, steps_per_epoch:
     if cfg.schedule.name != "cosine":
         return f"{text}; the {cfg.schedule.name} LR schedule does not depend on the run's length"
     how = "stretched" if new.total_steps > old.total_steps else "squeezed"
+    pace = "more slowly" if how == "stretched" else "faster"
     lr = (f"the LR at step {step} jumps from {old.lr(step):.3g} to {new.lr(step):.3g}" if old.lr(step) != new.lr(step)
-          else f"the LR at step {step} is {new.lr(step):.3g} either way, and decays {'more slowly' if how == 'stretched' else 'faster'} from there")
+          else f"the LR at step {step} is {new.lr(step):.3g} either way, and decays {pace} from there")
     return (f"{text}; the cosine LR schedule is {how} to the new length: {lr} (a run trained that long from the "
             f"start would differ from this one)")

@@ -1,6 +1,7 @@
 """The package's import graph: no cycles between modules nor between sub-packages (lazy
-imports included), no imports of another module's underscore names. Read from the source with ``ast``, so a cycle hidden inside a
-function body still counts."""
+imports included), no imports of another module's underscore names. Read from the source with
+``ast``, so a cycle hidden inside a function body still counts, and so does a module named in a
+string (``importlib.import_module``, a package's lazy exports: ``verydeep.lazy_exports``)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ def module_graph() -> tuple[dict[str, set[str]], list[tuple[str, str]]]:
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in modules:
+                add(name, node.value)  # imported by name: importlib.import_module(...)
+            elif isinstance(node, ast.Import):
                 for alias in node.names:
                     add(name, alias.name)
             elif isinstance(node, ast.ImportFrom):

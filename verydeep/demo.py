@@ -16,15 +16,20 @@ EVAL_BATCH = 64
 def run_demo(out: str = "runs/demo", data: str = "data/demo", config: str = "demo",
              overrides: list[str] | None = None, resume: bool | str = False, overwrite: bool = False) -> int:
     from verydeep.config import load_config
-    from verydeep.data import make_demo_dataset
-    from verydeep.train.loop import train
+    from verydeep.models.registry import resolve
 
     data_dir = Path(data)
+    cfg = load_config(config, [f"data.root={data_dir}", *(overrides or [])])
+    resolve(cfg.model.name)  # a typo in the net's name: before minutes of making data
     if not (data_dir / "train").is_dir():
+        from verydeep.data import make_demo_dataset
+
         t = time.perf_counter()
         make_demo_dataset(data_dir, seed=0)
         log.info("demo data written to %s in %.1fs", data_dir, time.perf_counter() - t)
-    cfg = load_config(config, [f"data.root={data_dir}", *(overrides or [])])
+
+    from verydeep.train.loop import train
+
     t = time.perf_counter()
     result = train(cfg, out, resume=resume, overwrite=overwrite)
     train_min = (time.perf_counter() - t) / 60
@@ -44,14 +49,16 @@ def run_demo(out: str = "runs/demo", data: str = "data/demo", config: str = "dem
             for which in ("single", "multi") for protocol in PROTOCOLS]
     options = EvalOptions(batch_size=EVAL_BATCH, device=cfg.train.device, amp=cfg.train.amp)
     given = [str(result.run_dir)]
+    runtime = build_runtime(cfg.train.device, cfg.train.amp, cfg.train.channels_last)
     header = report_header([net], given, data_root=cfg.data.root, images=len(splits.val),
-                           scales=["single", "multi"], options=options)
+                           scales=["single", "multi"], options=options, device=runtime.device)
     write_report(result.run_dir / "eval.json", header, [], complete=False, given=given)
     evaluation = evaluate_rows([net], cfg.data, splits.val, rows, classes=splits.classes, options=options,
-                               runtime=build_runtime(cfg.train.device, cfg.train.amp, cfg.train.channels_last))
+                               runtime=runtime)
     eval_min = (time.perf_counter() - t) / 60
     print()
-    print(format_table(evaluation.rows, title=f"demo val set: {len(splits.val)} images, best checkpoint"))
+    print(format_table(evaluation.rows, title=f"demo val set: {len(splits.val)} images, best checkpoint",
+                       flip=options.flip))
     write_report(result.run_dir / "eval.json", header, evaluation.rows, given=given)
     print(f"\nevaluated in {eval_min:.1f} min; table: {result.run_dir / 'eval.json'}")
     print(f"checkpoints: {result.run_dir / 'best.pt'}, {result.run_dir / 'last.pt'}")

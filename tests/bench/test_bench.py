@@ -28,7 +28,7 @@ def _run(tmp_path, capsys, *argv):
 
 
 def test_bench_train_reports_ours_and_reference(tmp_path, capsys):
-    report = _run(tmp_path, capsys, "train", "--image-size", "32", "--batch-size", "2",
+    report = _run(tmp_path, capsys, "train", "--crop-size", "32", "--batch-size", "2",
                   "--variants", "reference,reference+timm,ours+slices+nosync")
     rows = {r["variant"]: r for r in report["results"]}
     assert set(rows) == {"reference", "reference+timm", "ours+slices+nosync"}
@@ -98,7 +98,7 @@ def test_help(argv, capsys):
 def test_bench_e2e_reads_jpegs_through_every_pipeline(tmp_path, capsys):
     report = _run(tmp_path, capsys, "e2e", "--images", "8", "--classes", "2", "--batch-size", "2",
                   "--workers", "0", "--crop-size", "32", "--scale-min", "40", "--scale-max", "64",
-                  "--data-dir", str(tmp_path / "jpegs"), "--no-peak")
+                  "--data", str(tmp_path / "jpegs"), "--no-peak")
     rows = {r["variant"]: r for r in report["results"]}
     assert set(rows) == {"reference", "reference+timm", "ours", "ours+gpudecode"}
     for ours in ("ours", "ours+gpudecode"):  # each of ours against both references

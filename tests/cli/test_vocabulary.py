@@ -2,6 +2,8 @@
 
 import argparse
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -152,3 +154,103 @@ def test_a_run_folder_stands_for_its_best_checkpoint_everywhere(tmp_path):
     torch.testing.assert_close(deeper.features[0].weight, a.features[0].weight)
     with pytest.raises(FileNotFoundError, match="holds no best.pt or last.pt"):
         resolve(tmp_path / "runs")
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_vocabulary() -> dict[str, set[str]]:
+    """The README's vocabulary table: flag -> the commands it names (``data info/check`` is two,
+    ``bench (all of them)`` every bench command; what follows a ``;`` is not a command)."""
+    subcommands = {name.split(" ", 1)[1]: name for name, _ in all_parsers() if name != "verydeep"}
+    text = README.read_text().split("| concept | flag | commands | meaning |", 1)[1]
+    table = {}
+    for line in text.split("\n\n", 1)[0].strip().splitlines()[1:]:
+        _, _, flag, commands, *_ = (cell.strip() for cell in line.split("|"))
+        flag = re.findall(r"--[a-z-]+", flag)[0]
+        names = set()
+        for item in commands.split(";")[0].split(", "):
+            if item.endswith(" (all of them)"):
+                group = item.removesuffix(" (all of them)")
+                names |= {c for c in subcommands if c.startswith(group + " ")}
+                continue
+            head, _, tails = item.rpartition(" ")
+            names |= {f"{head} {t}".strip() for t in tails.split("/")}
+        table[flag] = names
+    return table
+
+
+def test_the_readme_table_names_every_command_of_each_flag_bench_included():
+    table = readme_vocabulary()
+    assert {"--data", "--out", "--json", "--device", "--amp", "--model", "--batch-size", "--workers", "--crop-size",
+            "--devices", "--resume"} <= set(table)
+    for flag, listed in table.items():
+        actual = {name.split(" ", 1)[1] for name, parser in all_parsers() if name != "verydeep"
+                  and flag in options(parser) and options(parser)[flag].help != argparse.SUPPRESS}
+        assert listed == actual, flag
+    assert {"bench e2e", "bench data"} <= table["--data"] and "bench parallel" in table["--crop-size"]
+
+
+def test_one_flag_per_concept_across_commands():
+    """No command spells the dataset, the input side or the device count its own way."""
+    for name, parser in all_parsers():
+        visible = {opt for opt, action in options(parser).items() if action.help != argparse.SUPPRESS}
+        assert not visible & {"--data-dir", "--data-path", "--image-size", "--crop", "--world", "--output-dir"}, name
+
+
+@pytest.mark.parametrize("argv, dest, value", [
+    (["bench", "e2e", "--data-dir", "/j"], "data_dir", "/j"),  # timm's spelling
+    (["bench", "data", "--data", "/j"], "data_dir", "/j"),
+    (["data", "info", "--data-path", "/d"], "data", "/d"),  # torchvision's
+    (["train", "--config", "demo", "--output-dir", "/o", "-j", "3"], "out", "/o"),
+    (["train", "--config", "demo", "-j", "3"], "workers", 3),
+])
+def test_other_tools_spellings_are_taken(argv, dest, value, capsys):
+    args = build_parser().parse_args(argv)
+    assert getattr(args, dest) == value
+    assert capsys.readouterr().err == ""  # taken as they are, without a note
+
+
+@pytest.mark.parametrize("argv, ours", [
+    (["models", "--image-size", "64"], "--crop-size"),
+    (["bench", "parallel", "--crop", "32"], "--crop-size"),
+    (["bench", "parallel", "--world", "3"], "--devices"),
+    (["export", "--checkpoint", "r", "--out", "x", "--image-size", "96"], "--crop-size"),
+])
+def test_our_older_spellings_are_refused_naming_the_flag(argv, ours, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].endswith(f"is not a verydeep flag any more; use {ours}")
+
+
+@pytest.mark.parametrize("flag, ours", [
+    ("--weight-decay", "--set optim.weight_decay=VALUE"), ("--lr-scheduler", "--set schedule.name="),
+    ("--model-ema", "--set train.ema_decay="), ("--train-crop-size", "--set data.crop_size=N"),
+])
+def test_other_tools_flags_get_a_one_line_hint_naming_ours(flag, ours, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--config", "demo", flag, "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1
+    assert err[0].startswith(f"verydeep: error: {flag} is not a verydeep flag; here it is {ours}")
+
+
+def test_every_hint_names_a_real_recipe_key():
+    from verydeep.cli.vocabulary import FOREIGN_FLAGS, HINT_KEY
+    from verydeep.config import Config, config_to_dict
+
+    keys = {f"{section}.{key}" for section, values in config_to_dict(Config()).items() if isinstance(values, dict)
+            for key in values}
+    named = {m for hint in FOREIGN_FLAGS.values() for m in HINT_KEY.findall(hint)}
+    assert named and named <= keys
+
+
+def test_every_option_states_its_default():
+    for name, parser in all_parsers():
+        formatter = parser.formatter_class(prog=name)
+        for action in parser._actions:
+            if (action.option_strings and action.help != argparse.SUPPRESS and action.default is not None
+                    and action.default is not argparse.SUPPRESS and not isinstance(action.default, bool)
+                    and action.default not in ("", [])):
+                assert "default" in formatter._get_help_string(action), (name, action.option_strings)

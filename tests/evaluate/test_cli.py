@@ -99,10 +99,22 @@ def test_eval_refuses_test_scales_beyond_the_bound_in_one_line(run_dir, dataset,
 
 
 def test_export_command_writes_all_files(run_dir, tmp_path):
+    """In a process of its own, as a user runs it: its log holds no INFO lines of the ONNX
+    exporter's passes (25 of them, issue 19), and every file gets a plain file's mode."""
+    import os
+    import subprocess
+    import sys
+
     out = tmp_path / "exp"
-    assert main(["export", "--checkpoint", str(run_dir), "--out", str(out)]) == 0
+    proc = subprocess.run([sys.executable, "-m", "verydeep", "export", "--checkpoint", str(run_dir), "--out",
+                           str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert [line for line in proc.stderr.splitlines() if " INFO " in line and " verydeep." not in line] == []
+    umask = os.umask(0o022)
+    os.umask(umask)
     for name in ("classifier.onnx", "dense.onnx", "model.safetensors"):
         assert (out / name).is_file()
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name  # not safetensors' own 0600
     # The exported safetensors loads back as a checkpoint with its classes and preprocessing.
     from verydeep.evaluate import load_eval_net
 
@@ -172,3 +184,45 @@ def test_eval_says_nothing_raw_about_large_images(run_dir, dataset, tmp_path, mo
                      "--scales", "48", "--workers", "0", "--device", "cpu"]) == 0
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
     assert "DecompressionBomb" not in capfd.readouterr().err
+
+
+def test_the_table_says_whether_it_flip_averaged_and_no_flip_gives_the_trainings_number(tmp_path, capsys):
+    """Issue 19: eval's 63.33% vs training's 53.33% on the same best.pt, unexplained. The table
+    says it averaged with the mirror; --no-flip center at the training's Q is its validation."""
+    from tests.train.conftest import TINY_OVERRIDES, write_tiny_imagenet
+    from verydeep.config import load_config
+    from verydeep.runtime import resolve_device
+    from verydeep.train.loop import train
+
+    data = write_tiny_imagenet(tmp_path / "data")
+    cfg = load_config(None, [*TINY_OVERRIDES, f"data.root={data}", "train.epochs=1", "train.plot=false"])
+    result = train(cfg, tmp_path / "run")
+    capsys.readouterr()
+    out = tmp_path / "eval.json"
+    args = ["eval", "--checkpoint", str(result.run_dir), "--data", str(data), "--protocol", "center",
+            "--scales", str(cfg.data.eval_scale), "--json", str(out)]
+    assert main([*args, "--no-flip"]) == 0
+    report = json.loads(out.read_text())
+    assert report["rows"][0]["top1_error"] == round(result.best_top1_error, 3)
+    assert "no flip averaging (--no-flip)" in capsys.readouterr().out
+    assert report["header"]["options"]["device"] == str(resolve_device("auto")) != "auto"  # the device used
+    assert main(args) == 0
+    assert "averages each image's posteriors with its mirror's" in capsys.readouterr().out.splitlines()[1]
+
+
+def test_help_states_the_defaults(capsys):
+    from verydeep.evaluate.scales import SCALE_SETS
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: single and multi: a row each per protocol)" in text and all(s in text for s in SCALE_SETS)
+    assert "(default: average its posteriors with its mirror's" in text
+
+
+def test_predict_names_a_missing_file_or_a_folder_once(dataset, run_dir, tmp_path, capsys):
+    main(["predict", "--checkpoint", str(run_dir), "--protocol", "center", str(tmp_path / "missing.jpg"),
+          str(tmp_path)])
+    missing, folder = capsys.readouterr().out.splitlines()
+    assert missing == f"{tmp_path / 'missing.jpg'}: error: cannot decode image: file not found"
+    assert folder == f"{tmp_path}: error: cannot decode image: a folder, not an image file"

@@ -48,3 +48,28 @@ def test_imagenet_dry_run_prints_the_full_plan(tiny_data, tmp_path, capsys):
     assert len(lines) == 12 and "paper_A_S256" in lines[0] and "GPU-h" in lines[0]
     assert "from model.init_from=paper_A_S256/best.pt" in out and "4 device(s)" in out
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_report_png_has_a_y_equals_x_line_and_labels_that_do_not_overlap():
+    """Issue 19: overlapping labels and no y = x line. Ours equal to the paper's, slightly
+    shifted: every cell near the diagonal, the densest case."""
+    import matplotlib.pyplot as plt
+
+    from verydeep.reproduce.report import figure_against_paper
+
+    paper = paper_numbers()
+    ours = {k: {"top1_error": v[0] + 0.1 * (i % 3)} for i, (k, v) in enumerate(paper.items())}
+    fig = figure_against_paper(ours, paper)
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        (diagonal,) = [line for line in ax.get_lines() if line.get_label().startswith("y = x")]
+        xs, ys = diagonal.get_data()
+        assert list(xs) == list(ys) and (xs[0], xs[-1]) == ax.get_xlim() == ax.get_ylim()
+        boxes = [t.get_window_extent(renderer) for t in ax.texts]
+        assert len(boxes) == len([k for k in paper if k[0] == int(ax.get_title().split()[1].rstrip(":"))])
+        assert not [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
+        points = ax.transData.transform(ax.collections[0].get_offsets())
+        assert not [(box, p) for box in boxes for p in points if box.contains(*p)]  # no label covers a point
+        frame = ax.get_window_extent(renderer)
+        assert all(frame.contains(b.x0, b.y0) and frame.contains(b.x1, b.y1) for b in boxes)
+    plt.close(fig)

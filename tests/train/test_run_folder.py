@@ -13,8 +13,8 @@ import pytest
 from verydeep.checkpoint import load as load_checkpoint
 from verydeep.cli.main import main
 from verydeep.config import load_config
-from verydeep.errors import (EXIT_CHECKPOINT, EXIT_IO, EXIT_RUN_FOLDER, CheckpointError, Interrupted, RunFolderError,
-                             exit_code_for_signal)
+from verydeep.errors import (EXIT_CHECKPOINT, EXIT_DATA, EXIT_IO, EXIT_RUN_FOLDER, EXIT_USAGE, CheckpointError,
+                             Interrupted, RunFolderError, exit_code_for_signal)
 from verydeep.train import loop
 from verydeep.train.loop import train
 from verydeep.train.run_folder import RunFolderLock
@@ -173,11 +173,12 @@ def test_ctrl_c_during_start_up_ends_in_one_line_and_frees_the_folder(tiny_image
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(setup_module, "discover", interrupted)  # while the data is being listed
+    monkeypatch.setattr(setup_module, "build_runtime", interrupted)  # once the folder is claimed
     run = tmp_path / "run"
     assert _cli(tiny_imagenet, run) == exit_code_for_signal(signal.SIGINT)
     err = capsys.readouterr().err.strip()
     assert err.splitlines()[-1] == "verydeep: interrupted" and "Traceback" not in err
+    assert not run.exists()  # the folder this start made held only its lock: gone with it
     monkeypatch.undo()
     assert _cli(tiny_imagenet, run, "--auto-resume") == 0  # the lock went with the interrupted start
 
@@ -229,3 +230,52 @@ def test_a_forked_child_neither_holds_nor_releases_the_lock(tmp_path):
     again = RunFolderLock(tmp_path)
     again.acquire()
     again.release()
+
+
+def test_resume_from_the_folder_takes_the_runs_own_config(tiny_imagenet, tmp_path, capsys):
+    """--resume RUN_DIR (or --out RUN_DIR --resume) without --config, and without repeating the
+    first start's overrides: the run's config.yaml is the recipe (issue 19)."""
+    run = tmp_path / "run"
+    assert _cli(tiny_imagenet, run, sets=["optim.lr=0.02"]) == 0  # an override only the first start gives
+    sets = ["--set", "train.epochs=2", "--set", "train.plot=false"]
+    assert main(["train", "--resume", str(run), *sets]) == 0
+    assert load_checkpoint(run / "last.pt").train["step"] == 8  # 2 epochs of 4 steps
+    assert load_config(run / "config.yaml").optim.lr == 0.02
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "3", "--set", "train.plot=false"]) == 0
+    assert load_checkpoint(run / "last.pt").train["step"] == 12  # 3 epochs of 4 steps
+    # torchvision's spelling, the checkpoint itself: its folder
+    assert main(["train", "--resume", str(run / "last.pt"), "--epochs", "4", "--set", "train.plot=false"]) == 0
+    assert load_checkpoint(run / "last.pt").train["step"] == 16  # 4 epochs of 4 steps
+    capsys.readouterr()
+    assert main(["train", "--config", "paper_A_S256", "--resume", str(run)]) == EXIT_USAGE
+    assert "trained with the recipe 'demo'" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_resume_with_more_epochs_says_what_it_does_to_a_cosine_schedule(tiny_imagenet, tmp_path, caplog):
+    run = tmp_path / "run"
+    # 24 images at batch 6: 4 steps an epoch; one epoch of cosine from 0.01 ends at LR 0 (step 4)
+    assert _cli(tiny_imagenet, run, sets=["schedule.name=cosine", "schedule.warmup_epochs=0"]) == 0
+    with caplog.at_level(logging.WARNING, logger="verydeep"):
+        assert main(["train", "--resume", str(run), "--epochs", "3", "--set", "train.plot=false"]) == 0
+    said = [r.getMessage() for r in caplog.records if "train.epochs 1 -> 3" in r.getMessage()]
+    # stretched to 12 steps: at step 4, 0.01 * (1 + cos(pi * 4/12)) / 2 = 0.0075
+    assert len(said) == 1 and "ends after 12 steps instead of 4" in said[0]
+    assert "stretched" in said[0] and "jumps from 0 to 0.0075" in said[0]
+
+
+def test_the_run_folder_is_checked_after_the_net_and_the_data(tiny_imagenet, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _cli(tiny_imagenet, run) == 0  # a folder holding a run: refused without --resume, but only later
+    assert _cli(tiny_imagenet, run, sets=["model.name=vgg17"]) == EXIT_USAGE
+    assert "unknown model name 'vgg17'" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert _cli(tmp_path / "no_data", run) == EXIT_DATA
+    assert "no_data" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_failed_start_leaves_no_folder_holding_only_its_lock(tiny_imagenet, tmp_path):
+    run = tmp_path / "runs" / "new"
+    assert _cli(tiny_imagenet, run, sets=["train.batch_size=1000"]) == EXIT_USAGE  # fails after the claim
+    assert not run.exists()
+    run.mkdir(parents=True)  # a folder the user made stays
+    assert _cli(tiny_imagenet, run, sets=["train.batch_size=1000"]) == EXIT_USAGE
+    assert run.is_dir()

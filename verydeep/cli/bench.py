@@ -10,7 +10,8 @@ import argparse
 import dataclasses
 import sys
 
-from verydeep.cli.vocabulary import add_amp, add_batch_size, add_device, add_json, add_model, add_workers, emit_json
+from verydeep.cli.vocabulary import (add_amp, add_batch_size, add_crop_size, add_data, add_device, add_devices,
+                                     add_json, add_model, add_workers, emit_json)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -41,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t = bsub.add_parser("train", help="training step on synthetic tensors: ours vs torchvision + a plain loop")
     _common(t)
     _model_args(t)
-    t.add_argument("--image-size", type=int)
+    add_crop_size(t, what="the net's input side (synthetic images of that size)")
     add_amp(t, default=None, default_text="the preset's")
     t.add_argument("--accum", type=int, help="micro-batches per step")
     t.add_argument("--variants", help="comma-separated: reference, reference+timm, ours, ours+OPTION[+OPTION] "
@@ -53,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e = bsub.add_parser("eval", help="center / dense / multi-crop evaluation images/s at several Q")
     _common(e)
     _model_args(e)
-    e.add_argument("--crop-size", type=int, help="training crop (224 for the paper's nets)")
+    add_crop_size(e)
     e.add_argument("--scales", help="test scales Q, comma-separated (paper preset: 256,384,512)")
     e.add_argument("--protocols", help="comma-separated among center, dense, multicrop")
     e.add_argument("--crop-batch", type=int, help="multi-crop: crops per forward pass")
@@ -66,9 +67,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _model_args(x)
     x.add_argument("--images", type=int, help="JPEG files to generate (ImageNet-sized, ~500x375)")
     x.add_argument("--classes", type=int, help="class folders")
-    x.add_argument("--data-dir", help="where the JPEGs live (made if missing; default: a temporary folder)")
+    add_data(x, dest="data_dir", help="where the JPEGs live (made if missing; default: a temporary folder)")
     add_workers(x, what="loader (both sides)")
-    x.add_argument("--crop-size", type=int)
+    add_crop_size(x)
     x.add_argument("--scale-min", type=int, help="scale jittering S range (paper: 256)")
     x.add_argument("--scale-max", type=int, help="(paper: 512)")
     add_amp(x, default=None, default_text="the preset's")
@@ -81,10 +82,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _common(d)
     d.add_argument("--images", type=int, help="JPEG files to generate (default 400)")
     add_batch_size(d, what="images per batch")
-    d.add_argument("--data-dir", help="where the JPEGs live (made if missing)")
+    add_data(d, dest="data_dir", help="where the JPEGs live (made if missing; default: a temporary folder)")
     d.add_argument("--scale-min", type=int, help="scale jittering S range (default 256)")
     d.add_argument("--scale-max", type=int, help="(default 512)")
-    d.add_argument("--crop-size", type=int, help="training crop (default 224)")
+    add_crop_size(d, what="the training crop (default: 224)")
     d.set_defaults(func=run_data)
 
     m = bsub.add_parser("parallel", help="training images/s of each parallel mode on CPU processes (gloo), "
@@ -92,16 +93,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model(m, help="configuration or registry name (default: A)")
     m.set_defaults(model="A")
     m.add_argument("--width", type=float, default=0.25, help="channel width multiplier")
-    m.add_argument("--crop", type=int, default=64, help="input size")
+    add_crop_size(m, default=64, what="the net's input side")
     add_batch_size(m, default=32)
     m.add_argument("--steps", type=int, default=8, help="timed steps (after 2 warm-up steps)")
-    m.add_argument("--world", type=int, default=2, help="processes of the parallel modes")
+    add_devices(m, default=2, what="devices the parallel modes run on, one process each (CPU processes under gloo)")
     m.add_argument("--microbatches", type=int, default=4, help="pipeline micro-batches")
     m.add_argument("--threads", type=int, default=1, help="intra-op threads per process")
     m.add_argument("--timeout", type=float, default=600, help="seconds per mode")
     add_device(m, default="cpu")  # cuda: rank r on GPU r % the GPUs it sees (all on one if there is one)
     m.add_argument("--backend", default="gloo", help="gloo (default: runs anywhere), nccl, auto")
-    m.add_argument("--amp", default="none", help="none, bf16, fp16, auto")
+    add_amp(m, default="none")
     add_json(m)
     m.set_defaults(func=run_parallel)
 
@@ -139,7 +140,7 @@ def train_config(args):
     from verydeep.bench.train_step import TrainBenchConfig
 
     cfg = _config(TrainBenchConfig, args, {"model": "model", "width": "width", "batch_size": "batch_size",
-                                           "image_size": "image_size", "amp": "amp", "accum": "accum",
+                                           "crop_size": "image_size", "amp": "amp", "accum": "accum",
                                            "variants": "variants"})
     if getattr(args, "compile", False) and "ours+compile" not in cfg.variants.split(","):
         cfg = dataclasses.replace(cfg, variants=cfg.variants + ",ours+compile")
@@ -257,8 +258,8 @@ def run_data(args) -> int:
 def run_parallel(args) -> int:
     from verydeep.bench.parallel import ParallelBenchConfig, run_parallel_bench
 
-    cfg = ParallelBenchConfig(model=args.model, width=args.width, crop=args.crop, batch=args.batch_size,
-                              steps=args.steps, world=args.world, microbatches=args.microbatches,
+    cfg = ParallelBenchConfig(model=args.model, width=args.width, crop=args.crop_size, batch=args.batch_size,
+                              steps=args.steps, world=args.devices, microbatches=args.microbatches,
                               threads=args.threads, timeout=args.timeout, device=args.device,
                               backend=args.backend, amp=args.amp)
     rows = run_parallel_bench(cfg, echo=lambda line: print(line, flush=True))

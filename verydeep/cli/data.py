@@ -92,11 +92,13 @@ def run_stats(args) -> int:
     from pathlib import Path
 
     from verydeep.data import DataConfig, discover
-    from verydeep.data.stats import compute_stats, write_stats
 
     root = Path(dataset_folder(args))
     cfg = DataConfig(root=str(root)) if (root / "train").is_dir() else DataConfig(train_dir=str(root))
-    splits = discover(cfg)
+    splits = discover(cfg)  # before numpy and torch load: a wrong folder is answered at once
+
+    from verydeep.data.stats import compute_stats, write_stats
+
     stats = compute_stats([p for p, _ in splits.train], num_images=args.images, seed=args.seed,
                           short_side=args.short_side, workers=args.workers)
     dest = args.json or "data_stats.json"
@@ -112,11 +114,18 @@ def run_stats(args) -> int:
 
 
 def run_prepare(args) -> int:
-    from verydeep.data.prepare import prepare_dataset
+    from pathlib import Path
+
+    from verydeep.data.errors import DataError
 
     src, dst = args.data, args.out
     if not src or not dst:
         raise UsageError("data prepare needs --data SRC and --out DST")
+    if not Path(src).is_dir():  # before torch loads: answered at once
+        raise DataError(f"{src} is not a folder")
+
+    from verydeep.data.prepare import prepare_dataset
+
     r = prepare_dataset(src, dst, max_short_side=args.max_short_side, quality=args.quality,
                         workers=args.workers)
     print(f"{r['files']} files: {r['resized']} resized, {r['copied']} copied, {r['skipped']} already done, "

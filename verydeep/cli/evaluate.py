@@ -6,8 +6,8 @@ import argparse
 import logging
 import sys
 
-from verydeep.cli.vocabulary import (add_amp, add_batch_size, add_checkpoint, add_data, add_device, add_ema, add_json,
-                                     add_out, add_workers, emit_json, positive_int)
+from verydeep.cli.vocabulary import (add_amp, add_batch_size, add_checkpoint, add_crop_size, add_data, add_device,
+                                     add_ema, add_json, add_out, add_workers, emit_json, positive_int)
 from verydeep.errors import OutputError, UsageError
 
 
@@ -47,7 +47,7 @@ def _options(args: argparse.Namespace, **batching):
                        **batching)
 
 
-def _common(p: argparse.ArgumentParser, protocol_default: str) -> None:
+def _common(p: argparse.ArgumentParser, protocol_default: str, scales_default: str) -> None:
     add_checkpoint(p, several=True)
     add_ema(p)
     p.add_argument("--caffe-bgr", action="store_true",
@@ -57,8 +57,11 @@ def _common(p: argparse.ArgumentParser, protocol_default: str) -> None:
     p.add_argument("--scales", action="append", metavar="Q[,Q...]",
                    help="test scales Q: a comma list (e.g. 256,384,512), 'single' or 'multi' (the paper's "
                         "defaults from each net's own training scale S), or one comma list per --checkpoint "
-                        "separated by '/' (e.g. 224,256,288/256,384,512); repeat for several rows")
-    p.add_argument("--no-flip", dest="flip", action="store_false", help="do not average with mirrored images")
+                        "separated by '/' (e.g. 224,256,288/256,384,512); repeat for several rows (default: "
+                        f"{scales_default})")
+    p.add_argument("--no-flip", dest="flip", action="store_false",
+                   help="score each image alone, as training's validation does (default: average its posteriors "
+                        "with its mirror's, as the paper does)")
     p.add_argument("--dense-average", choices=("scores", "posteriors"), default="scores",
                    help="dense: average the score map then softmax (paper, default), or softmax per location")
     add_device(p)
@@ -67,7 +70,7 @@ def _common(p: argparse.ArgumentParser, protocol_default: str) -> None:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate nets with the paper's protocols (dense, multi-crop, scales, fusion)")
-    _common(p, "dense")
+    _common(p, "dense", "single and multi: a row each per protocol")
     add_data(p, help="dataset folder (required: a checkpoint supplies the net, its classes and preprocessing, "
                      "never the data to read)")
     add_batch_size(p, default=32, what="images per forward pass")
@@ -88,7 +91,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_eval)
 
     p = sub.add_parser("predict", help="top-5 classes of images (dense evaluation by default)")
-    _common(p, "dense")
+    _common(p, "dense", "single")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--topk", type=positive_int, default=5, metavar="K", help="classes to list (default: %(default)s)")
     add_json(p, "the predictions")
@@ -104,7 +107,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="onnx, safetensors or both (default: %(default)s); onnx needs the onnx extra: "
                         "pip install 'verydeep[onnx]'")
     p.add_argument("--form", default="classifier,dense", help="ONNX forms: classifier, dense or both")
-    p.add_argument("--image-size", type=positive_int, help="example input side for export (default from the net)")
+    add_crop_size(p, what="the classifier's input side, fixed in its ONNX graph (default: the net's training "
+                          "crop)")
     p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
                    help="dynamo: torch.export-based, PyTorch's default (opset >= 18); torchscript: the deprecated "
                         "tracing exporter (default: %(default)s)")
@@ -112,7 +116,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_export)
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """The paths given, checked before torch loads: a typo is answered at once. Each --checkpoint
+    exists; eval's --data is a folder."""
+    import os
+    from pathlib import Path
+
+    from verydeep.data.errors import DataError
+    from verydeep.errors import CheckpointNotFoundError
+
+    for given in args.checkpoint if isinstance(args.checkpoint, list) else [args.checkpoint]:
+        if not Path(given).exists():
+            raise CheckpointNotFoundError(f"checkpoint not found: {given}")
+    if not hasattr(args, "limit"):  # predict, export: no dataset
+        return
+    if not args.data:
+        raise UsageError("eval needs the dataset to evaluate on: --data DIR (a folder with val/, or ImageNet's "
+                         "layouts); a checkpoint never chooses the data")
+    if not Path(args.data).is_dir():
+        raise DataError(f"--data {args.data}: not a folder (from {os.getcwd()}); give the dataset folder with "
+                        f"--data DIR")
+
+
 def run_eval(args: argparse.Namespace) -> int:
+    check_paths(args)
     from verydeep.data import discover
     from verydeep.evaluate import RowSpec, evaluate_rows, load_eval_net
     from verydeep.evaluate.posterior_store import check_dtype, check_folder
@@ -140,7 +167,7 @@ def run_eval(args: argparse.Namespace) -> int:
     # --batch-size is global, as everywhere: each of the W processes takes its share.
     options = _options(args, batch_size=max(1, args.batch_size // dist.world_size), crop_batch=args.crop_batch,
                        **stored)
-    report = _report_writer(args, nets, data_cfg, samples, options) if dist.is_main else None
+    report = _report_writer(args, nets, data_cfg, samples, options, runtime.device) if dist.is_main else None
     done: dict[int, dict] = {}  # rows finished so far, by their place in the table
 
     def partial(index: int, row_result) -> None:
@@ -153,7 +180,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if dist.is_main:
         title = f"{len(samples)} images of {data_cfg.root}" + (f", {len(nets)} nets fused" if len(nets) > 1 else "")
         if args.json != "-":  # --json alone: the JSON replaces the table on stdout
-            print(format_table(result.rows, title=title))
+            print(format_table(result.rows, title=title, flip=args.flip))
         for i, path in result.bad[:20]:
             print(f"undecodable (counted as error): {path}", file=sys.stderr)
         report(result.rows, complete=True)
@@ -168,7 +195,7 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_writer(args: argparse.Namespace, nets, data_cfg, samples, options):
+def _report_writer(args: argparse.Namespace, nets, data_cfg, samples, options, device):
     """A function ``(rows, complete)`` that (re)writes the JSON report of ``--json``.
 
     The report is written once before any work, marked running: a path that cannot be
@@ -177,7 +204,8 @@ def _report_writer(args: argparse.Namespace, nets, data_cfg, samples, options):
     from verydeep.evaluate.report import report_header, report_row, write_report
 
     header = report_header(nets, args.checkpoint, data_root=data_cfg.root, images=len(samples),
-                           scales=list(args.scales or ["single", "multi"]), options=options, ema=args.ema)
+                           scales=list(args.scales or ["single", "multi"]), options=options, ema=args.ema,
+                           device=device)
 
     def write(rows: list[dict], complete: bool) -> None:
         if not args.json:
@@ -201,25 +229,16 @@ def _report_writer(args: argparse.Namespace, nets, data_cfg, samples, options):
 def _eval_data(args: argparse.Namespace, net):
     """The dataset to evaluate: ``--data`` (and ``--workers``) with the net's preprocessing.
     Paths come from the command line and the local defaults only (issue 14: a checkpoint's
-    stored ``data.root``, ``val_dir`` or ``index_cache`` would steer what is read and written)."""
+    stored ``data.root``, ``val_dir`` or ``index_cache`` would steer what is read and written).
+    ``--data`` is checked by :func:`check_paths`."""
     import dataclasses
-    import os
-    from pathlib import Path
 
-    from verydeep.data.errors import DataError
-    from verydeep.errors import UsageError
-
-    if not args.data:
-        raise UsageError("eval needs the dataset to evaluate on: --data DIR (a folder with val/, or ImageNet's "
-                         "layouts); a checkpoint never chooses the data")
-    if not Path(args.data).is_dir():
-        raise DataError(f"--data {args.data}: not a folder (from {os.getcwd()}); give the dataset folder with "
-                        f"--data DIR")
     changes = {"root": args.data, **({"workers": args.workers} if args.workers is not None else {})}
     return dataclasses.replace(net.data, **changes)
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    check_paths(args)
     from verydeep.evaluate import load_eval_net, predict
 
     scale_sets, protos = _scale_sets(args.scales or ["single"]), _protocols(args.protocol)
@@ -235,7 +254,8 @@ def run_predict(args: argparse.Namespace) -> int:
         return _predict_exit_code(results)
     for r in results:
         if "error" in r:
-            print(f"{r['path']}: error: {r['error']}")
+            reason = r["error"].removeprefix(f"{r['path']}: ")  # the error names the path already
+            print(f"{r['path']}: error: {reason}")
             continue
         print(f"{r['path']} ({r['protocol']}, Q={','.join(map(str, r['scales']))}):")
         for rank, t in enumerate(r["top"], 1):
@@ -267,11 +287,12 @@ def run_export(args: argparse.Namespace) -> int:
             raise ValueError(f"--form {f!r}: choose {' or '.join(FORMS)}")
     if "onnx" in formats:
         check_onnx_available(args.exporter)  # before loading the net: say which extra is missing at once
+    check_paths(args)
     net = load_eval_net(args.checkpoint, caffe_bgr=args.caffe_bgr, ema=args.ema)
     out = Path(args.out)
     if "onnx" in formats:
         for form in forms:
-            path = export_onnx(net, out / f"{form}.onnx", form=form, image_size=args.image_size,
+            path = export_onnx(net, out / f"{form}.onnx", form=form, image_size=args.crop_size,
                                opset=args.opset, exporter=args.exporter)
             print(f"wrote {path}")
     if "safetensors" in formats:

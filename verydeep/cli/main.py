@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 
+from verydeep.cli.vocabulary import foreign_flag_hint, show_defaults
 from verydeep.errors import EXIT_IO, EXIT_USAGE, Interrupted, VerydeepError, exit_code_for_signal
 
 # Command modules, each with ``add_parser(subparsers)``; handlers return an exit code.
@@ -24,10 +25,20 @@ COMMANDS = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, answering another tool's spelling of a flag (torchvision's, timm's) with ours."""
+
+    def error(self, message: str):
+        hint = foreign_flag_hint(message)
+        if hint:
+            self.exit(EXIT_USAGE, f"verydeep: error: {hint}\n")
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from verydeep import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="verydeep",
         description="Train and evaluate the VGG networks (Simonyan & Zisserman, ICLR 2015).",
     )
@@ -36,17 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(name).add_parser(sub)
+    show_defaults(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Our INFO; other libraries' warnings only (the ONNX exporter logs every pass at INFO).
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    logging.getLogger("verydeep").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE

@@ -8,15 +8,15 @@ import shlex
 import sys
 from pathlib import Path
 
+from verydeep.cli.vocabulary import add_data, add_device, add_devices, add_out
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reproduce", help="train the paper's chain of nets, evaluate Tables 3-6, write the report")
-    p.add_argument("--data", required=True, metavar="DIR",
-                   help="dataset folder (ImageNet's layouts; for --profile mini, made with the demo generator "
-                        "when it holds no dataset)")
-    p.add_argument("--out", required=True, metavar="DIR",
-                   help="folder for the runs (one per recipe), their evaluations and report.md/json/png; re-run "
-                        "the same command to skip finished runs and resume an interrupted one")
+    add_data(p, required=True, help="dataset folder (ImageNet's layouts; for --profile mini, made with the demo "
+                                    "generator when it holds no dataset)")
+    add_out(p, "the runs (one per recipe), their evaluations and report.md/json/png (re-run the same command to "
+               "skip finished runs and resume an interrupted one)", required=True)
     p.add_argument("--profile", choices=("imagenet", "mini"), default="imagenet",
                    help="imagenet: the paper's recipes as they are; mini: the same chain narrowed and shrunk for "
                         "a 2-core CPU, every departure named in the report (default: %(default)s)")
@@ -28,9 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="dry run: measured training images/s of VGG16 (D) at 224 on one device")
     p.add_argument("--bench", metavar="FILE",
                    help="dry run: the throughput from `verydeep bench train --preset paper --json FILE`")
-    p.add_argument("--devices", type=int, metavar="N",
-                   help="dry run: devices to train on (default: the GPUs torch sees, at least 1)")
-    p.add_argument("--device", default="auto", help="evaluation device: auto, cpu, cuda or cuda:N")
+    add_devices(p, what="dry run: devices to train on (default: the GPUs torch sees, at least 1)")
+    add_device(p, key="evaluation")
     p.set_defaults(func=run_reproduce)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -24,9 +25,31 @@ DEVICE_HELP = "auto (this process's GPU if torch sees one, else the CPU), cpu, c
 AMP_HELP = "autocast precision: auto (bf16 on CUDA, fp32 on CPU), none (fp32), bf16 or fp16"
 
 
+class _Alias(argparse.Action):
+    """Another spelling of a flag, hidden from --help: torchvision's or timm's (taken as they are),
+    or an older one of ours (refused in one line naming the flag to use: one flag per concept)."""
+
+    def __init__(self, option_strings, dest, flag: str = "", note: bool = False, **kwargs) -> None:
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+        self.flag, self.note = flag, note
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if self.note:
+            parser.error(f"{option_string} is not a verydeep flag any more; use {self.flag}")
+        setattr(namespace, self.dest, values)
+
+
+def add_alias(p: argparse.ArgumentParser, *spellings: str, flag: str, dest: str, note: bool = False,
+              type=None) -> None:
+    """``spellings`` of ``flag`` (its ``dest``), hidden from --help; ``note``: an older spelling of
+    ours, refused with a line naming ``flag``."""
+    p.add_argument(*spellings, dest=dest, action=_Alias, flag=flag, note=note, type=type)
+
+
 def add_data(p: argparse.ArgumentParser, help: str = "dataset folder (train/ and val/, or ImageNet's layouts)",
-             **kwargs) -> None:
-    p.add_argument("--data", metavar="DIR", help=help, **kwargs)
+             dest: str = "data", **kwargs) -> None:
+    p.add_argument("--data", metavar="DIR", dest=dest, help=help, **kwargs)
+    add_alias(p, "--data-path", "--data-dir", flag="--data", dest=dest)  # torchvision's, timm's
 
 
 def add_out(p: argparse.ArgumentParser, what: str, default: str | None = None, default_text: str | None = None,
@@ -35,6 +58,7 @@ def add_out(p: argparse.ArgumentParser, what: str, default: str | None = None, d
     shown = default_text or default
     p.add_argument("--out", metavar="DIR", default=default, required=required,
                    help=f"folder to write {what} into, made if missing" + (f" (default: {shown})" if shown else ""))
+    add_alias(p, "--output-dir", flag="--out", dest="out")  # torchvision's
 
 
 def add_json(p: argparse.ArgumentParser, what: str = "the results") -> None:
@@ -78,8 +102,22 @@ def add_workers(p: argparse.ArgumentParser, default: int | None = None, what: st
                 default_text: str | None = None) -> None:
     shown = default if default is not None else default_text
     shown = f" (default: {shown})" if shown is not None else ""
-    p.add_argument("--workers", type=non_negative_int, default=default, metavar="N",
+    p.add_argument("-j", "--workers", type=non_negative_int, default=default, metavar="N",
                    help=f"{what} worker processes (per process under torchrun; 0: in-process){shown}")
+
+
+def add_crop_size(p: argparse.ArgumentParser, default: int | None = None,
+                  what: str = "the net's input side: the training crop (224 for the paper's nets)") -> None:
+    """``--crop-size N``: the side of the square input the net takes (older spellings of ours:
+    --image-size, --crop)."""
+    p.add_argument("--crop-size", type=positive_int, default=default, metavar="N", help=what)
+    add_alias(p, "--image-size", "--crop", flag="--crop-size", dest="crop_size", note=True, type=positive_int)
+
+
+def add_devices(p: argparse.ArgumentParser, what: str, default: int | None = None) -> None:
+    """``--devices N``: how many devices (one process each) a command runs or plans for."""
+    p.add_argument("--devices", type=positive_int, default=default, metavar="N", help=what)
+    add_alias(p, "--world", flag="--devices", dest="devices", note=True, type=positive_int)
 
 
 def add_model(p: argparse.ArgumentParser, help: str = "net: registry name or paper letter "
@@ -104,9 +142,10 @@ TRAINING_SHORTHANDS = {
 
 def add_training(p: argparse.ArgumentParser, *, config_default: str | None = None) -> None:
     """Recipe, ``--set`` and the shorthands every training command takes (train, demo)."""
-    p.add_argument("--config", required=config_default is None, default=config_default, metavar="RECIPE",
+    p.add_argument("--config", default=config_default, metavar="RECIPE",
                    help="recipe: a packaged name (`verydeep recipes` lists them, e.g. paper_A_S256) or a YAML file"
-                        + (f" (default: {config_default})" if config_default else ""))
+                        + (f" (default: {config_default})" if config_default else
+                           "; not needed with --resume: the run's own config.yaml is used"))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set optim.lr=0.001 (repeatable; applied after the "
                         "shorthands below)")
@@ -118,7 +157,9 @@ def add_training(p: argparse.ArgumentParser, *, config_default: str | None = Non
     add_workers(g, what="data.workers: training data loading")
     add_device(g, default=None, key="train.device")
     add_amp(g, default=None, key="train.amp")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue a run from its last.pt: the run folder RUN_DIR (or --out), with the run's own "
+                        "config.yaml and the overrides given now (e.g. --epochs)")
 
 
 def training_overrides(args: argparse.Namespace) -> list[str]:
@@ -132,6 +173,86 @@ def training_overrides(args: argparse.Namespace) -> list[str]:
         if value is not None:
             out.append(f"{key}={json.dumps(value)}")
     return [*out, *args.overrides]
+
+
+# --- other tools' flags --------------------------------------------------------------------------
+
+# torchvision's reference scripts' and timm's train.py flags that verydeep spells as a recipe key
+# or another command: an "unrecognized argument" among them is answered with ours, in one line.
+FOREIGN_FLAGS = {
+    "--opt": "--set optim.name=sgd|adam|adamw",
+    "--momentum": "--set optim.momentum=VALUE",
+    "--wd": "--set optim.weight_decay=VALUE",
+    "--weight-decay": "--set optim.weight_decay=VALUE",
+    "--clip-grad-norm": "--set optim.grad_clip=VALUE",
+    "--clip-grad": "--set optim.grad_clip=VALUE",
+    "--sched": "--set schedule.name=plateau|step|multistep|cosine|constant",
+    "--lr-scheduler": "--set schedule.name=plateau|step|multistep|cosine|constant",
+    "--lr-warmup-epochs": "--set schedule.warmup_epochs=N",
+    "--warmup-epochs": "--set schedule.warmup_epochs=N",
+    "--label-smoothing": "--set train.label_smoothing=VALUE",
+    "--smoothing": "--set train.label_smoothing=VALUE",
+    "--model-ema": "--set train.ema_decay=VALUE (e.g. 0.9999)",
+    "--model-ema-decay": "--set train.ema_decay=VALUE",
+    "--sync-bn": "--set parallel.sync_batch_norm=true",
+    "--mixup-alpha": "--set data.mixup_alpha=VALUE",
+    "--mixup": "--set data.mixup_alpha=VALUE",
+    "--cutmix-alpha": "--set data.cutmix_alpha=VALUE",
+    "--cutmix": "--set data.cutmix_alpha=VALUE",
+    "--auto-augment": "--set data.auto_augment=randaugment|trivialaugment",
+    "--aa": "--set data.auto_augment=randaugment|trivialaugment",
+    "--random-erase": "--set data.random_erasing=P",
+    "--reprob": "--set data.random_erasing=P",
+    "--train-crop-size": "--set data.crop_size=N",
+    "--val-resize-size": "--set data.eval_scale=N",
+    "--val-crop-size": "--set data.eval_crop=N",
+    "--input-size": "--crop-size N (models, export, bench) or --set data.crop_size=N (train)",
+    "--img-size": "--crop-size N (models, export, bench) or --set data.crop_size=N (train)",
+    "--print-freq": "--set train.log_every=N",
+    "--log-interval": "--set train.log_every=N",
+    "--seed": "--set train.seed=N",
+    "--channels-last": "--set train.channels_last=true",
+    "--test-only": "verydeep eval --checkpoint RUN_DIR --data DIR",
+    "--world-size": "torchrun --nproc_per_node N (the processes set it)",
+    "--dist-url": "torchrun --rdzv_endpoint HOST:PORT",
+}
+# the recipe key each hint names, where it names one (tests check that each exists)
+HINT_KEY = re.compile(r"--set ([a-z_]+\.[a-z_]+)=")
+
+
+def foreign_flag_hint(message: str) -> str | None:
+    """One line naming our spelling, when argparse's ``unrecognized arguments: ...`` holds one of
+    :data:`FOREIGN_FLAGS`; None otherwise."""
+    if not message.startswith("unrecognized arguments:"):
+        return None
+    for token in message.split(":", 1)[1].split():
+        flag = token.split("=", 1)[0]
+        if flag in FOREIGN_FLAGS:
+            return f"{flag} is not a verydeep flag; here it is {FOREIGN_FLAGS[flag]}"
+    return None
+
+
+# --- help ---------------------------------------------------------------------------------------
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's help states its default: ``(default: X)`` is added where the text does
+    not say it already (options without a default, and switches, are left as written)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or isinstance(action.default, bool) or action.default in ("", [])
+        if not action.option_strings or "default" in text or unset or action.default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """:class:`DefaultsHelpFormatter` for ``parser`` and every sub-command's parser under it."""
+    parser.formatter_class = DefaultsHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                show_defaults(sub)
 
 
 # --- values ---------------------------------------------------------------------------------------

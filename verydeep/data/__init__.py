@@ -1,15 +1,22 @@
-"""ImageNet data pipeline: layouts, decoding, the paper's transforms, loaders, demo data."""
+"""ImageNet data pipeline: layouts, decoding, the paper's transforms, loaders, demo data.
 
-from verydeep.data.config import DataConfig
-from verydeep.data.decode import load_image
-from verydeep.data.demo import DEMO_CLASSES, make_demo_dataset
-from verydeep.data.errors import BadImageError, DataError
-from verydeep.data.layouts import Splits, discover
-from verydeep.data.loaders import build_eval_loader, build_train_loader, epoch_permutation, sample_rng
-from verydeep.data.transforms import eval_transform, normalization
+The names below are loaded on first use (PEP 562), so ``verydeep.data.config`` and the
+layouts load without torch: commands that need no tensors answer at once."""
 
-__all__ = [
-    "BadImageError", "DEMO_CLASSES", "DataConfig", "DataError", "Splits", "build_eval_loader",
-    "build_train_loader", "discover", "epoch_permutation", "eval_transform", "load_image",
-    "make_demo_dataset", "normalization", "sample_rng",
-]
+from __future__ import annotations
+
+from verydeep.lazy_exports import lazy_exports
+
+# module -> the names this package exports from it
+EXPORTS = {
+    "verydeep.data.config": ("DataConfig",),
+    "verydeep.data.decode": ("load_image",),
+    "verydeep.data.demo": ("DEMO_CLASSES", "make_demo_dataset"),
+    "verydeep.data.errors": ("BadImageError", "DataError"),
+    "verydeep.data.layouts": ("Splits", "discover"),
+    "verydeep.data.loaders": ("build_eval_loader", "build_train_loader", "epoch_permutation", "sample_rng"),
+    "verydeep.data.transforms": ("eval_transform", "normalization"),
+}
+__all__ = sorted(name for names in EXPORTS.values() for name in names)
+
+__getattr__, __dir__ = lazy_exports(__name__, EXPORTS, globals())

@@ -28,10 +28,19 @@ def _scales(row: dict) -> str:
     return ",".join(str(q) for q in row["scales"])
 
 
-def format_table(rows: list[dict], title: str | None = None) -> str:
-    """Protocol, test scales Q, top-1 / top-5 error (%), images, images/s: one line per row."""
+FLIP_NOTE = {
+    True: "every row averages each image's posteriors with its mirror's (flip); --no-flip scores the image "
+          "alone, as training's validation does (center at its Q gives the same error)",
+    False: "no flip averaging (--no-flip): each image alone, as training's validation scores it",
+}
+
+
+def format_table(rows: list[dict], title: str | None = None, flip: bool | None = None) -> str:
+    """Protocol, test scales Q, top-1 / top-5 error (%), images, images/s: one line per row.
+    ``flip``: whether the rows averaged each image with its mirror, said under the title."""
     head = f"{'protocol':<17} {'test scale Q':<16} {'top-1 err (%)':>13} {'top-5 err (%)':>13} {'images':>8} {'images/s':>9}"
     lines = [title] if title else []
+    lines += [f"({FLIP_NOTE[flip]})"] if flip is not None else []
     lines += [head, "-" * len(head)]
     for r in rows:
         ips = r["images_per_s"]
@@ -56,9 +65,10 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def report_header(nets, given: list[str], *, data_root, images: int, scales: list, options=None,
-                  ema: bool = False) -> dict:
+                  ema: bool = False, device=None) -> dict:
     """What an evaluation ran on: versions, date, data, checkpoints (as given, resolved path,
-    SHA-256), each net's preprocessing, the test scales (as given and as Q) and the options."""
+    SHA-256), each net's preprocessing, the test scales (as given and as Q) and the options.
+    ``device``: the device used (``auto`` resolved), recorded instead of the option as given."""
     import torch
 
     from verydeep import __version__
@@ -76,7 +86,8 @@ def report_header(nets, given: list[str], *, data_root, images: int, scales: lis
     }
     if options is not None:
         header["options"] = {"flip": options.flip, "dense_average": options.dense_average,
-                             "device": str(options.device), "amp": options.amp}
+                             "device": str(device if device is not None else options.device),
+                             "amp": options.amp}
     return header
 
 

@@ -122,29 +122,81 @@ def report_markdown(profile: Profile, meta: dict, results: dict, findings: list[
     return "\n".join(out)
 
 
-def plot_against_paper(results: dict, paper: dict, path: Path) -> Path:
-    """Our top-1 error against the paper's, one point per cell, coloured by table."""
+TABLE_COLOURS = {3: "tab:blue", 4: "tab:orange", 5: "tab:green", 6: "tab:red"}
+# Where a point's label may go, in points from the point, tried in order: the first place whose
+# box overlaps no label already placed is taken.
+LABEL_OFFSETS = ((4, 3), (4, -10), (-4, 3), (-4, -10), (4, 11), (4, -18), (-4, 11), (-4, -18), (10, -4),
+                 (-10, -4), (4, 19), (4, -26), (-4, 19), (-4, -26))
+
+
+def _cell_label(key) -> str:
+    return "D+E" if key[1].startswith("D/") else ("7 nets" if key[1].startswith("7") else f"{key[1]} {key[2]}")
+
+
+def label_points(ax, points: list[tuple[float, float]], labels: list[str], fontsize: int = 7) -> list:
+    """One annotation per point, each at the first of :data:`LABEL_OFFSETS` where it stays inside
+    the axes and overlaps no point and no label placed before it (the first offset when none is
+    free): readable without a layout library. Call once the axes' limits and size are final."""
+    from matplotlib.transforms import Bbox
+
+    renderer = ax.figure.canvas.get_renderer()
+    radius = 2.5 * ax.figure.dpi / 72  # a marker's half-width, in pixels: labels keep off every point
+    inside = ax.get_window_extent(renderer)
+    placed = [Bbox.from_extents(px - radius, py - radius, px + radius, py + radius)
+              for px, py in ax.transData.transform(points)] if points else []
+    texts = []
+    for (x, y), label in sorted(zip(points, labels)):
+        for dx, dy in LABEL_OFFSETS:
+            text = ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                               ha="left" if dx >= 0 else "right")
+            box = text.get_window_extent(renderer)
+            if inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1) and \
+                    not any(box.overlaps(other) for other in placed):
+                break
+            text.remove()
+        else:  # nowhere free: the first place, overlapping
+            text = ax.annotate(label, (x, y), xytext=LABEL_OFFSETS[0], textcoords="offset points",
+                               fontsize=fontsize)
+            box = text.get_window_extent(renderer)
+        placed.append(box)
+        texts.append(text)
+    return texts
+
+
+def figure_against_paper(results: dict, paper: dict):
+    """Our top-1 error against the paper's, one panel per table, one labelled point per cell,
+    with the line y = x (ours equal to the paper's) in each panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5.5))
-    for table, colour in zip((3, 4, 5, 6), ("tab:blue", "tab:orange", "tab:green", "tab:red")):
-        keys = [k for k in results if k[0] == table and k in paper]
-        if not keys:
-            continue
+    fig, axes = plt.subplots(2, 2, figsize=(11, 10))
+    cells = {t: [k for k in results if k[0] == t and k in paper] for t in TABLE_COLOURS}
+    for ax, (table, keys) in zip(axes.flat, cells.items()):
         xs, ys = [paper[k][0] for k in keys], [results[k]["top1_error"] for k in keys]
-        ax.scatter(xs, ys, color=colour, label=f"Table {table}", zorder=3)
-        for k, x, y in zip(keys, xs, ys):
-            label = "D+E" if k[1].startswith("D/") else ("7 nets" if k[1].startswith("7") else f"{k[1]} {k[2]}")
-            ax.annotate(label, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
-    ax.set_xlabel("the paper's top-1 error (%), ILSVRC-2012 val")
-    ax.set_ylabel("our top-1 error (%)")
-    ax.set_title("Each table cell: ours against the paper's (same order = same findings)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
+        values = [*xs, *ys] or [0.0, 100.0]
+        pad = max(1.0, 0.08 * (max(values) - min(values)))
+        lo, hi = min(values) - pad, max(values) + pad
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--", label="y = x (ours = the paper's)", zorder=1)
+        ax.scatter(xs, ys, color=TABLE_COLOURS[table], zorder=3, s=18)
+        ax.set(xlim=(lo, hi), ylim=(lo, hi), title=TITLES[table].split(" (")[0], aspect="equal")
+        ax.set_xlabel("the paper's top-1 error (%), ILSVRC-2012 val")
+        ax.set_ylabel("our top-1 error (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Each table cell: ours against the paper's (same order = same findings)")
+    fig.legend(handles=axes.flat[0].get_lines()[:1], loc="lower center", fontsize=9)  # one legend: no label under it
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    for ax, keys in zip(axes.flat, cells.values()):  # once the layout is final
+        label_points(ax, [(paper[k][0], results[k]["top1_error"]) for k in keys], [_cell_label(k) for k in keys])
+    return fig
+
+
+def plot_against_paper(results: dict, paper: dict, path: Path) -> Path:
+    """report.png: :func:`figure_against_paper`, saved."""
+    import matplotlib.pyplot as plt
+
+    fig = figure_against_paper(results, paper)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

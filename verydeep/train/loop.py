@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from verydeep.config import Config
+from verydeep.data.layouts import Splits
 from verydeep.errors import Interrupted
 from verydeep.parallel.distributed import all_reduce_sum, barrier
 from verydeep.progress import progress_bar
@@ -69,18 +70,20 @@ class StopFlag:
             signal.signal(sig, old)
 
 
-def train(cfg: Config, out_dir: str | Path, *, resume: bool | str = False, overwrite: bool = False) -> TrainResult:
+def train(cfg: Config, out_dir: str | Path, *, resume: bool | str = False, overwrite: bool = False,
+          splits: Splits | None = None) -> TrainResult:
     """Train ``cfg`` into ``out_dir`` until the epochs, the iteration cap or the plateau rule end
     the run, or a signal interrupts it. ``resume`` (True: continue its ``last.pt``; "auto": when
-    there is one) and ``overwrite`` say what to do with a run already there (``setup``).
+    there is one) and ``overwrite`` say what to do with a run already there (``setup``);
+    ``splits``: the dataset, found already (``verydeep.train.start_check``).
 
     A run a signal stopped writes its checkpoint and summary, then raises Interrupted (exit
     code 128 + the signal): a scheduler must not take it for a finished run."""
-    run, state = setup(cfg, Path(out_dir), resume=resume, overwrite=overwrite)
+    run, state = setup(cfg, Path(out_dir), resume=resume, overwrite=overwrite, splits=splits)
     try:
         with StopFlag() as stop:
             while run.more_to_train(state):
-                bad_files = train_one_epoch(run, state, stop)
+                bad_files, figures = train_one_epoch(run, state, stop)
                 if stop.raised:
                     run.save_checkpoint(state, "last.pt")  # a run to continue: written before the reason
                     state.stopped_because = f"interrupted by {stop.raised}"
@@ -88,7 +91,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool | str = False, overw
                         log.warning("%s: checkpoint written at step %d; continue with --resume",
                                     state.stopped_because, state.step)
                     break
-                end_of_epoch(run, state, bad_files)
+                end_of_epoch(run, state, bad_files, figures)
     finally:
         run.metrics.close()
         run.release_folder()
@@ -101,10 +104,14 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool | str = False, overw
     return result
 
 
-def train_one_epoch(run: Run, state: TrainState, stop: StopFlag) -> int:
+def train_one_epoch(run: Run, state: TrainState, stop: StopFlag) -> tuple[int, tuple[float | None, float, float]]:
     """Steps from ``state.batch_in_epoch`` to the epoch's end, the iteration cap or a signal;
     logs, validates and checkpoints on the way as configured. Returns the number of unreadable
-    training images skipped in the epoch (over all ranks)."""
+    training images skipped in the epoch (over all ranks) and the epoch's figures (mean loss,
+    images/s, seconds: ``TrainMeter.epoch_figures``).
+
+    Epochs are numbered from 1 in everything a person reads (the bar, the log, metrics.jsonl,
+    curves.png); ``state.epoch`` counts the epochs completed (0 while the first runs)."""
     cfg = run.cfg.train
     run.strategy.train()
     run.loader.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
@@ -142,7 +149,7 @@ def train_one_epoch(run: Run, state: TrainState, stop: StopFlag) -> int:
     if bad_files and run.is_main:
         log.warning("epoch %d: %d unreadable training images skipped (replacements drawn)", state.epoch + 1,
                     bad_files)
-    return bad_files
+    return bad_files, meter.epoch_figures()
 
 
 def _step(run: Run, state: TrainState, images: torch.Tensor, labels: torch.Tensor) -> StepResult:
@@ -157,7 +164,7 @@ def _log_train(run: Run, state: TrainState, meter: TrainMeter, lr: float, bar) -
     loss, images_per_s, skipped = meter.report()
     run.nonfinite.account(state, skipped)
     # loss: the mean over the window's applied steps; None (null) when every one was skipped
-    run.metrics.write({"kind": "train", "epoch": state.epoch, "step": state.step, "loss": loss, "lr": lr,
+    run.metrics.write({"kind": "train", "epoch": state.epoch + 1, "step": state.step, "loss": loss, "lr": lr,
                        "images_per_s": round(images_per_s, 1), "skipped": len(skipped)})
     bar.set_postfix(loss="n/a" if loss is None else f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.0f}",
                     refresh=False)
@@ -170,32 +177,38 @@ def _validate(run: Run, state: TrainState, tag: str) -> dict:
         ema = validate(run.strategy, run.cfg, run.splits, per_process_batch=run.val_batch_size, runtime=run.runtime,
                        logits_fn=run.ema.logits)
         ema = {f"ema_{k}": v for k, v in ema.items() if k in ("val_loss", "val_top1_error", "val_top5_error")}
-    run.metrics.write({"kind": "val", "epoch": state.epoch, "step": state.step, **result, **ema, "tag": tag})
+    run.metrics.write({"kind": "val", "epoch": state.epoch + 1, "step": state.step, **result, **ema, "tag": tag})
     if run.is_main:
         unreadable = result["val_bad_images"]
-        log.info("val epoch %d step %d: loss %.4f top-1 error %.2f%% top-5 error %.2f%%%s", state.epoch, state.step,
-                 result["val_loss"], result["val_top1_error"], result["val_top5_error"],
-                 f" ({unreadable} unreadable images counted as errors)" if unreadable else "")
+        if tag != "epoch":  # the epoch's own validation is in the epoch's line (end_of_epoch)
+            log.info("val in epoch %d at step %d: loss %.4f top-1 error %.2f%% top-5 error %.2f%%", state.epoch + 1,
+                     state.step, result["val_loss"], result["val_top1_error"], result["val_top5_error"])
+        if unreadable:
+            log.warning("val: %d unreadable images counted as errors", unreadable)
         if ema:
-            log.info("val epoch %d step %d, EMA of the weights: loss %.4f top-1 error %.2f%% top-5 error %.2f%%",
-                     state.epoch, state.step, ema["ema_val_loss"], ema["ema_val_top1_error"],
+            log.info("val in epoch %d at step %d, EMA of the weights: loss %.4f top-1 error %.2f%% top-5 error %.2f%%",
+                     state.epoch + 1, state.step, ema["ema_val_loss"], ema["ema_val_top1_error"],
                      ema["ema_val_top5_error"])
     state.last_val = result
     return result
 
 
-def end_of_epoch(run: Run, state: TrainState, bad_files: int) -> None:
-    """Validate; on a completed epoch apply the plateau rule (Sec. 3.1: LR / 10 when val error
-    stops improving); decide whether the run stops; write last.pt, and best.pt on a new best."""
+def end_of_epoch(run: Run, state: TrainState, bad_files: int,
+                 figures: tuple[float | None, float, float] = (None, 0.0, 0.0)) -> None:
+    """Validate; log the epoch's line (``figures``: its mean loss, images/s and seconds); on a
+    completed epoch apply the plateau rule (Sec. 3.1: LR / 10 when val error stops improving);
+    decide whether the run stops; write last.pt, and best.pt on a new best."""
     epoch_done = state.batch_in_epoch >= run.steps_per_epoch
     val = _validate(run, state, "epoch")
     top1 = val["val_top1_error"]
-    run.metrics.write({"kind": "epoch", "epoch": state.epoch, "step": state.step, "bad_files": bad_files})
+    if run.is_main:
+        log.info("%s", epoch_line(state.epoch + 1, run.cfg.train.epochs, state.step, figures, val))
+    run.metrics.write({"kind": "epoch", "epoch": state.epoch + 1, "step": state.step, "bad_files": bad_files})
     # A validation with a NaN/inf loss or logits is never a best, nor an improvement for the plateau rule.
     finite = math.isfinite(val["val_loss"]) and not val["val_nonfinite_images"]
     if not finite and run.is_main:
         log.warning("val epoch %d step %d: loss %s, %d images with non-finite logits: not counted as a best",
-                    state.epoch, state.step, val["val_loss"], val["val_nonfinite_images"])
+                    state.epoch + 1, state.step, val["val_loss"], val["val_nonfinite_images"])
     improved = finite and (state.best_top1_error is None or top1 < state.best_top1_error)
     if epoch_done:
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
@@ -219,6 +232,15 @@ def end_of_epoch(run: Run, state: TrainState, bad_files: int) -> None:
         run.save_checkpoint(state, "best.pt")
     run.save_checkpoint(state, "last.pt")
     barrier()
+
+
+def epoch_line(epoch: int, epochs: int, step: int, figures: tuple[float | None, float, float], val: dict) -> str:
+    """The one line an epoch leaves: ``epoch 3/30 (step 120): train loss 1.234 | val loss 1.100, top-1
+    error 45.00%, top-5 error 12.00% | 520 images/s, 25.3 s``."""
+    loss, images_per_s, seconds = figures
+    return (f"epoch {epoch}/{epochs} (step {step}): train loss {'n/a' if loss is None else f'{loss:.4f}'} | "
+            f"val loss {val['val_loss']:.4f}, top-1 error {val['val_top1_error']:.2f}%, top-5 error "
+            f"{val['val_top5_error']:.2f}% | {images_per_s:.0f} images/s, {seconds:.1f} s")
 
 
 def _finish(run: Run, state: TrainState) -> TrainResult:

@@ -98,6 +98,7 @@ class TrainMeter:
         self.images = 0
         self.t0 = time.perf_counter()
         self._unread: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, loss, status) not yet read back
+        self.epoch_loss_sum, self.epoch_losses = 0.0, 0  # every report's window, for the epoch's line
 
     def add(self, step: int, loss: torch.Tensor, images: int, status: torch.Tensor | None = None) -> None:
         """Step ``step``'s batch-mean loss, its status (0: applied; None: unchecked, taken as
@@ -128,10 +129,20 @@ class TrainMeter:
         skipped; images/s since the epoch began; the steps not applied, not taken yet); starts
         a new loss window."""
         skipped = self.take_skipped()
-        mean = (self.loss_sum / self.losses).item() if self.losses else None
+        total = self.loss_sum.item() if self.losses else 0.0
+        mean = total / self.losses if self.losses else None
+        self.epoch_loss_sum += total
+        self.epoch_losses += self.losses
         self.loss_sum.zero_()
         self.losses = 0
         return mean, self.images / (time.perf_counter() - self.t0), skipped
+
+    def epoch_figures(self) -> tuple[float | None, float, float]:
+        """(mean finite loss over the windows reported this epoch, None if none; images/s and
+        seconds since the epoch began): the epoch's line in the log."""
+        seconds = time.perf_counter() - self.t0
+        loss = self.epoch_loss_sum / self.epoch_losses if self.epoch_losses else None
+        return loss, self.images / seconds, seconds
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

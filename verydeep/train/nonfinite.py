@@ -157,7 +157,7 @@ class NonFiniteAccounting:
                 raise self.stopped(state, event)
         state.skipped_steps += len(events)
         for event in events:
-            self.metrics.write({"kind": "skipped", "epoch": state.epoch, "step": event.step})
+            self.metrics.write({"kind": "skipped", "epoch": state.epoch + 1, "step": event.step})
         if self.is_main:
             log.warning("%s: update skipped (%d of %d steps skipped so far)",
                         "; ".join(event.describe() for event in events), state.skipped_steps, state.step)

@@ -1,6 +1,7 @@
 """``curves.png``: a run's loss, learning rate and validation error against epochs.
 
-Three panels over a shared epoch axis (fractional: step / steps per epoch): training and
+Three panels over a shared epoch axis (fractional: step / steps per epoch, so epoch 1, the
+first, ends at 1; epochs are numbered from 1 as in the log and metrics.jsonl): training and
 validation loss; the learning rate; validation top-1 and top-5 error, with the moving average
 of the weights (EMA) when the run kept one. The checkpoint ``best.pt`` holds is marked in the
 error and loss panels. The title says net, recipe and data (from the run's ``config.yaml``).
@@ -23,10 +24,13 @@ STEPWISE_LR_VALUES = 12
 
 
 def steps_per_epoch(records: list[dict]) -> float | None:
-    """Optimiser steps per epoch, from the end-of-epoch records (a completed epoch e ends at
-    step (e + 1) x steps per epoch; an epoch cut short by the iteration cap ends earlier)."""
-    ends = [r["step"] / (r["epoch"] + 1) for r in records if r.get("kind") == "epoch" and r.get("step")]
-    return max(ends) if ends else None
+    """Optimiser steps per epoch, from the end-of-epoch records (a completed epoch e, numbered
+    from 1, ends at step e x steps per epoch; an epoch cut short by the iteration cap ends
+    earlier). Files written before epochs were numbered from 1 hold an epoch 0: read as such."""
+    ends = [r for r in records if r.get("kind") == "epoch" and r.get("step")]
+    first = 0 if any(r["epoch"] == 0 for r in ends) else 1
+    per_epoch = [r["step"] / (r["epoch"] + 1 - first) for r in ends]
+    return max(per_epoch) if per_epoch else None
 
 
 def best_record(val: list[dict]) -> dict | None:
@@ -127,7 +131,7 @@ def _error_panel(ax, val, best, x) -> None:
             ax.plot(x(ema), [r["ema_val_top1_error"] for r in ema], "--", label="top-1, EMA of the weights")
     if best:
         ax.plot(x([best]), [best["val_top1_error"]], "*", ms=14, color="tab:red",
-                label=f"best.pt: {best['val_top1_error']:.2f}%")
+                label=f"best.pt: {best['val_top1_error']:.2f}% (epoch {best['epoch']})")
         ax.annotate(f"{best['val_top1_error']:.2f}%", (x([best])[0], best["val_top1_error"]),
                     textcoords="offset points", xytext=(6, 6), fontsize=8)
     ax.set(title="validation error (single centre crop)", ylabel="error (%)")

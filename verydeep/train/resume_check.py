@@ -16,6 +16,7 @@ from pathlib import Path
 
 from verydeep.config import Config, config_from_dict, config_to_dict
 from verydeep.errors import CheckpointError, UsageError
+from verydeep.train.schedules import LRSchedule
 
 MAY_CHANGE = frozenset({
     "description", "recipe",
@@ -97,3 +98,30 @@ def check_resumable(path: Path, saved_config: dict, saved_classes: list[str], cf
             f"--resume: {path} does not fit this run: {'; '.join(shown)}. Resume with the run's own recipe "
             f"(--config {path.parent / 'config.yaml'}) and data, or start a new run in another --out "
             f"(--set model.weights={path} starts from its weights)")
+
+
+def schedule_change(saved_config: dict, cfg: Config, step: int, steps_per_epoch: int) -> str | None:
+    """What a changed length (``train.epochs``, ``train.max_iterations``) does to the resumed run's
+    LR schedule, in a sentence; None when the length did not change. A cosine schedule is
+    stretched or squeezed to the new length, so the LR at the resumed step jumps; the plateau
+    rule and step schedules only end the run elsewhere."""
+    try:
+        saved = config_from_dict(saved_config)
+    except (UsageError, ValueError, TypeError):
+        return None  # keys this version does not know: check_resumable names them
+    before, now = saved.train, cfg.train
+    if (before.epochs, before.max_iterations) == (now.epochs, now.max_iterations):
+        return None
+    length = (f"train.epochs {before.epochs} -> {now.epochs}" if before.epochs != now.epochs else
+              f"train.max_iterations {before.max_iterations} -> {now.max_iterations}")
+    old, new = (LRSchedule(cfg.schedule, cfg.optim.lr, steps_per_epoch, c.epochs, c.max_iterations)
+                for c in (before, now))
+    text = f"resumed with {length}: the run now ends after {new.total_steps} steps instead of {old.total_steps}"
+    if cfg.schedule.name != "cosine":
+        return f"{text}; the {cfg.schedule.name} LR schedule does not depend on the run's length"
+    how = "stretched" if new.total_steps > old.total_steps else "squeezed"
+    pace = "more slowly" if how == "stretched" else "faster"
+    lr = (f"the LR at step {step} jumps from {old.lr(step):.3g} to {new.lr(step):.3g}" if old.lr(step) != new.lr(step)
+          else f"the LR at step {step} is {new.lr(step):.3g} either way, and decays {pace} from there")
+    return (f"{text}; the cosine LR schedule is {how} to the new length: {lr} (a run trained that long from the "
+            f"start would differ from this one)")

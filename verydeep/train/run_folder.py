@@ -121,10 +121,24 @@ class RunFolder:
     path: Path
     resume: bool
     lock: RunFolderLock | None = None  # held by rank 0 only
+    created: bool = False  # this start made the folder
 
-    def release(self) -> None:
+    def release(self, failed: bool = False) -> None:
+        """Unlock; after a ``failed`` start, remove the folder it made if it holds nothing but the lock."""
         if self.lock is not None:
+            if failed and self.created:
+                remove_if_only_lock(self.path)
             self.lock.release()
+
+
+def remove_if_only_lock(run_dir: Path) -> None:
+    """Delete ``run_dir`` when it holds only ``.lock`` (a start that failed before writing anything)."""
+    try:
+        if [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:
+            (run_dir / LOCK_NAME).unlink()
+            run_dir.rmdir()
+    except OSError:  # a file appeared, or the folder is not ours to remove: leave it
+        pass
 
 
 def present_run_files(run_dir: Path) -> list[str]:
@@ -166,6 +180,7 @@ def decide_start(run_dir: Path, resume: bool | str, overwrite: bool) -> bool:
 
 
 def _claim_on_main(run_dir: Path, resume: bool | str, overwrite: bool) -> RunFolder:
+    created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -177,9 +192,9 @@ def _claim_on_main(run_dir: Path, resume: bool | str, overwrite: bool) -> RunFol
         if orphans:
             log.info("%s: removed %d unfinished checkpoint writes of a killed run (%s)", run_dir, len(orphans),
                      ", ".join(p.name for p in orphans))
-        return RunFolder(run_dir, decide_start(run_dir, resume, overwrite), lock)
+        return RunFolder(run_dir, decide_start(run_dir, resume, overwrite), lock, created)
     except BaseException:
-        lock.release()
+        RunFolder(run_dir, False, lock, created).release(failed=True)
         raise
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from verydeep.config import Config, ConfigError, save_config
-from verydeep.data import Splits, build_train_loader, discover
+from verydeep.data import Splits, build_train_loader
 from verydeep.data.loaders import TrainLoader
 from verydeep.data.stats import resolve_stats
 from verydeep.errors import CheckpointError
@@ -39,9 +39,10 @@ from verydeep.train.loss import classification_loss
 from verydeep.train.metrics import MetricsLog
 from verydeep.train.nonfinite import NonFiniteAccounting, check_finite_weights
 from verydeep.train.optim import build_optimizer, freeze_convolutions
-from verydeep.train.resume_check import check_resumable
+from verydeep.train.resume_check import check_resumable, schedule_change
 from verydeep.train.run_folder import RunFolder, claim_run_folder, trim_metrics
 from verydeep.train.schedules import LRSchedule
+from verydeep.train.start_check import check_start
 from verydeep.train.state import TrainState
 from verydeep.train.step import StepSettings
 
@@ -190,18 +191,21 @@ def _with_dataset_stats(cfg: Config, splits: Splits, is_main: bool) -> Config:
 
 
 def setup(cfg: Config, run_dir: Path, *, resume: bool | str = False,
-          overwrite: bool = False) -> tuple[Run, TrainState]:
+          overwrite: bool = False, splits: Splits | None = None) -> tuple[Run, TrainState]:
     """The run's parts and the state to start from: fresh, or ``run_dir/last.pt``'s.
 
     ``resume``: True continues ``last.pt`` (there must be one), "auto" continues it when there
     is one; ``overwrite``: a new run replaces the run already in ``run_dir``. The folder is
-    locked until :meth:`Run.release_folder` (``verydeep.train.run_folder``)."""
+    locked until :meth:`Run.release_folder` (``verydeep.train.run_folder``). The net's name
+    and the data are checked before the folder is claimed (``splits``: found already, by
+    ``verydeep.train.start_check``); a start that fails leaves no folder it made."""
+    splits = check_start(cfg) if splits is None else splits
     dist = init_distributed(cfg.train.device, cfg.parallel.backend)
     folder = claim_run_folder(run_dir, dist, resume=resume, overwrite=overwrite)
     try:
-        return _build(cfg, folder, dist)
+        return _build(cfg, folder, dist, splits)
     except BaseException:
-        folder.release()
+        folder.release(failed=True)
         raise
 
 
@@ -229,17 +233,19 @@ def _model_ema(cfg: Config, model: torch.nn.Module, ckpt: TrainingCheckpoint | N
     return ema
 
 
-def _build(cfg: Config, folder: RunFolder, dist: DistInfo) -> tuple[Run, TrainState]:
+def _build(cfg: Config, folder: RunFolder, dist: DistInfo, splits: Splits) -> tuple[Run, TrainState]:
     run_dir = folder.path
     torch.manual_seed(cfg.train.seed + dist.rank)
     runtime = build_runtime(dist.device, cfg.train.amp, cfg.train.channels_last, dist.local_rank)
     configure_backends(runtime.device, cfg.train.cudnn_benchmark)
-    splits = discover(cfg.data)
     cfg = _with_dataset_stats(cfg, splits, dist.is_main)
     check_start_weights(cfg, warn=dist.is_main)  # init_from / weights trained on the same kind of input
     per_process, accum, steps_per_epoch = _batches(cfg, dist.world_size, len(splits.train))
 
     ckpt = _checkpoint_to_resume(folder, cfg, splits, dist.is_main)
+    change = ckpt and schedule_change(ckpt.config, cfg, ckpt.state.step, steps_per_epoch)
+    if change and dist.is_main:
+        log.warning("%s", change)
     model = model_from_config(cfg.model, len(splits.classes), cfg.data.crop_size)
     if cfg.model.freeze_convs:
         log.info("model.freeze_convs: %d conv-layer tensors frozen; the FC layers train", freeze_convolutions(model))

@@ -31,7 +31,7 @@ from verydeep.evaluate.crops import GRID, crops_per_image
 from verydeep.evaluate.options import EvalOptions
 from verydeep.evaluate.posterior_store import Entry, PosteriorStore
 from verydeep.parallel.distributed import all_reduce_sum, current
-from verydeep.progress import progress_bar
+from verydeep.progress import progress_items
 from verydeep.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -83,10 +83,12 @@ def collect(nets: list[EvalNet], perms: list[torch.Tensor | None], data_cfg, sam
         for (q, crop), feeds in reads.items():
             loader = build_eval_loader(loader_config(data_cfg, nets[members[0]]), samples, options.batch_size,
                                        scale=q, crop=crop, rank=dist.rank, world_size=dist.world_size)
-            bar = progress_bar(loader, total=len(loader) if hasattr(loader, "__len__") else None,
-                               desc=f"{'+'.join(dict.fromkeys(e.method for e in feeds))} Q={q}"
-                                    + (f" ({len(models)} nets)" if len(models) > 1 else ""),
-                               unit="batch", leave=False, disable=not (options.progress and dist.is_main))
+            # progress in images of this rank's shard (every world_size-th sample), not batches of crops
+            bar = progress_items(loader, total=len(range(dist.rank, len(samples), dist.world_size)),
+                                 count=lambda batch: len(batch[2]) + len(batch[3]),
+                                 desc=f"{'+'.join(dict.fromkeys(e.method for e in feeds))} Q={q}"
+                                      + (f" ({len(models)} nets)" if len(models) > 1 else ""),
+                                 leave=False, disable=not (options.progress and dist.is_main))
             seen = set()
             t_read = time.perf_counter()
             for images, _labels, indices, bad_batch in bar:

@@ -2,7 +2,7 @@
 
 Ours: ``verydeep.evaluate.protocols`` as the evaluator calls them (centre crop of the training
 size, dense over the whole image rescaled to Q, the 5x5 grid x flips of multi-crop), with
-their own precision and memory-format choices (bf16 and channels_last on CUDA). Every image
+the runtime policy's precision and memory format (bf16 on CUDA; channels_last on CUDA and CPU). Every image
 also sees its flip, as in the paper. Images are 4:3 (ImageNet's typical 500x375) with the
 shorter side Q; an image counts once however many crops it takes.
 
@@ -131,6 +131,7 @@ def run_eval_bench(cfg: EvalBenchConfig) -> list[BenchResult]:
     from verydeep.evaluate.crops import crops_per_image
     from verydeep.evaluate.protocols import center, dense_scores, multicrop
     from verydeep.models import create_model
+    from verydeep.runtime import build_runtime
 
     device = resolve_device(cfg.device)
     amp = torch.bfloat16 if device.type == "cuda" else None  # what the protocols use
@@ -140,9 +141,9 @@ def run_eval_bench(cfg: EvalBenchConfig) -> list[BenchResult]:
             raise ValueError(f"unknown protocol {p!r}; choose from {', '.join(METHODS)}")
     head = max(1, cfg.crop_size // 32)
     torch.manual_seed(cfg.seed)
-    ours = create_model(cfg.model, num_classes=cfg.num_classes, width=cfg.width, head_size=head).to(device).eval()
-    if device.type == "cuda":
-        ours.to(memory_format=torch.channels_last)
+    runtime = build_runtime(device)  # the policy every evaluation runs under (memory format, AMP)
+    ours = runtime.prepare_model(create_model(cfg.model, num_classes=cfg.num_classes, width=cfg.width,
+                                              head_size=head)).eval()
     ref = None
     if cfg.reference:
         ref = reference_model(cfg.model, num_classes=cfg.num_classes, width=cfg.width, head_size=head)
@@ -163,15 +164,15 @@ def run_eval_bench(cfg: EvalBenchConfig) -> list[BenchResult]:
         images = torch.randn(cfg.batch_size, 3, h, w, generator=gen).to(device)
         if protocol == "center":
             macs = 2 * crop_macs
-            ours_fn = lambda: center(ours, images)
+            ours_fn = lambda: center(ours, images, runtime=runtime)
             ref_fn = lambda: reference_center(ref, images, amp)
         elif protocol == "dense":
             macs = 2 * dense_macs(ours, h, w)
-            ours_fn = lambda: dense_scores(ours, images)
+            ours_fn = lambda: dense_scores(ours, images, runtime=runtime)
             ref_fn = lambda: reference_dense(ref, images, amp)
         else:
             macs = crops_per_image() * crop_macs
-            ours_fn = lambda: multicrop(ours, images, cfg.crop_size, crop_batch=cfg.crop_batch)
+            ours_fn = lambda: multicrop(ours, images, cfg.crop_size, crop_batch=cfg.crop_batch, runtime=runtime)
             ref_fn = lambda: reference_multicrop(ref, images, cfg.crop_size, amp, cfg.crop_batch)
         label = "center 224-crop" if protocol == "center" and cfg.crop_size == 224 else (
             f"center {cfg.crop_size}-crop" if protocol == "center" else f"{protocol} Q={q}")

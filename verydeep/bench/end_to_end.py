@@ -11,6 +11,12 @@ Variants (``variants``, comma-separated):
   colour jitter off, so it does no more work than the plain reference) feeding the same model
   in channels_last with bf16 and cudnn.benchmark. Where timm is not installed its loader is
   emulated (torchvision transforms to uint8, normalised on the device), and the notes say so.
+- ``reference+jitter`` / ``reference+timm+jitter``: the same with our transform written the
+  usual torchvision way (``Resize(S)``, S uniform in [scale_min, scale_max] per image,
+  ``RandomCrop``, flip; float32 normalised in the workers, or uint8 normalised on the device),
+  so that transform choice and implementation are not mixed in one ratio. Ours' headline
+  ratio is against the strongest reference doing our transform (``reference+timm+jitter``
+  where measured; ``train_step.reference_names``).
 - ``ours``: ``verydeep.data.build_train_loader`` (the paper's scale jittering S in
   [scale_min, scale_max], crop, flip, colour shift; Pillow in the workers) feeding the
   training loop's step (``train_step.OurStep``); ``ours+gpudecode``: the same loader with
@@ -20,9 +26,12 @@ Variants (``variants``, comma-separated):
 The timing is sustained: each variant's loader runs one long pass over the generated files,
 cycled (``verydeep.bench.jpeg_files``: ImageNet-like, about 110 KB at 500x375), ``warmup``
 batches untimed (at least 2 x workers: worker start-up and the first prefetched batches),
-then ``repeats`` windows of ``steps`` batches back to back, each longer than what the workers
-can have prefetched (workers x prefetch), so a loader that cannot keep up shows; the figure is
-the median window.
+then ``repeats`` windows of at least ``steps`` batches and ``min_seconds`` back to back, each
+longer than what the workers can have prefetched (workers x prefetch), so a loader that cannot
+keep up shows; the figure is the median window. The headline reference is timed again after
+the others (``drift``: its second figure over its first). Each step's loss stays on the device
+and is read once at the end: ``nonfinite_losses`` counts the inf/NaN ones (a corrupted batch
+shows there first).
 """
 
 from __future__ import annotations
@@ -51,6 +60,8 @@ from verydeep.bench.common import (
 from verydeep.data.config import IMAGENET_MEAN, IMAGENET_STD
 
 E2E_OPTIONS = ("gpudecode",)  # on top of train_step's options
+E2E_REFERENCE_OPTIONS = ("timm", "jitter")
+MAX_RATE = 20_000  # images/s no run here reaches: sizes the file passes a window of min_seconds may need
 
 
 @dataclass
@@ -71,14 +82,16 @@ class E2EBenchConfig:
     repeats: int = 2  # timed windows, back to back; the figure is their median
     device: str = "auto"
     amp: str = "auto"
-    variants: str = "reference,reference+timm,ours,ours+gpudecode"
+    variants: str = "reference,reference+timm,reference+timm+jitter,ours,ours+gpudecode"
     data_dir: str | None = None
     seed: int = 0
+    min_seconds: float = 0.0  # each timed window lasts at least this long (the GPU run: 5 s)
+    tf32: bool = True  # on CUDA, for every variant alike
 
     @classmethod
     def for_gpu(cls, **overrides) -> "E2EBenchConfig":
         return replace(cls(width=1.0, batch_size=256, images=4096, classes=16, workers=15, steps=40,
-                           repeats=2, device="cuda"), **overrides)
+                           repeats=2, device="cuda", min_seconds=5.0), **overrides)
 
 
 @dataclass(frozen=True)
@@ -87,10 +100,11 @@ class TimingPlan:
     steps: int  # batches per window
     windows: int
     cycles: int  # passes over the file list the loader needs
+    max_steps: int = 0  # batches a window may take (min_seconds at MAX_RATE)
 
     @property
     def batches(self) -> int:
-        return self.warmup + self.steps * self.windows
+        return self.warmup + max(self.steps, self.max_steps) * self.windows
 
 
 def timing_plan(cfg: E2EBenchConfig, n_images: int) -> TimingPlan:
@@ -106,7 +120,8 @@ def timing_plan(cfg: E2EBenchConfig, n_images: int) -> TimingPlan:
                          f"step, not the loader; use more --steps")
     if cfg.repeats < 1:
         raise ValueError("at least one timed window (--repeats)")
-    plan = TimingPlan(warmup, cfg.steps, cfg.repeats, 1)
+    max_steps = max(cfg.steps, math.ceil(cfg.min_seconds * MAX_RATE / cfg.batch_size))
+    plan = TimingPlan(warmup, cfg.steps, cfg.repeats, 1, max_steps)
     return replace(plan, cycles=math.ceil(plan.batches * cfg.batch_size / max(1, n_images)))
 
 
@@ -141,12 +156,33 @@ def _data_loader(dataset, cfg: E2EBenchConfig, device: torch.device, **kwargs):
                       generator=torch.Generator().manual_seed(cfg.seed), **kwargs)
 
 
-def reference_loader(root: Path, cfg: E2EBenchConfig, device: torch.device, cycles: int):
-    """ImageFolder + RandomResizedCrop + flip + ToTensor + Normalize, through a DataLoader."""
+class RandomScale:
+    """torchvision's way to our scale jittering: the shorter side resized to S, S uniform in
+    [lo, hi] per image (Pillow bilinear, antialiased, as ``T.Resize``)."""
+
+    def __init__(self, lo: int, hi: int) -> None:
+        self.lo, self.hi = lo, hi
+
+    def __call__(self, img):
+        from torchvision.transforms import functional as TF
+
+        return TF.resize(img, int(torch.randint(self.lo, self.hi + 1, ()).item()))
+
+
+def _reference_geometry(cfg: E2EBenchConfig, jitter: bool) -> list:
+    from torchvision import transforms as T
+
+    if jitter:
+        return [RandomScale(cfg.scale_min, cfg.scale_max), T.RandomCrop(cfg.crop_size), T.RandomHorizontalFlip()]
+    return [T.RandomResizedCrop(cfg.crop_size), T.RandomHorizontalFlip()]
+
+
+def reference_loader(root: Path, cfg: E2EBenchConfig, device: torch.device, cycles: int, jitter: bool = False):
+    """ImageFolder + RandomResizedCrop (``jitter``: our scale jittering) + flip + ToTensor +
+    Normalize, through a DataLoader."""
     from torchvision import datasets, transforms as T
 
-    tf = T.Compose([T.RandomResizedCrop(cfg.crop_size), T.RandomHorizontalFlip(), T.ToTensor(),
-                    T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    tf = T.Compose([*_reference_geometry(cfg, jitter), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     return _data_loader(Repeated(datasets.ImageFolder(str(root / "train"), transform=tf), cycles), cfg, device)
 
 
@@ -164,16 +200,25 @@ class DeviceNormalised:
             yield images, labels.to(self.device, non_blocking=True)
 
 
-def timm_loader(root: Path, cfg: E2EBenchConfig, device: torch.device, cycles: int):
-    """(loader, note): timm's training loader, or its emulation where timm is not installed."""
+def _uint8_loader(root: Path, cfg: E2EBenchConfig, device: torch.device, cycles: int, jitter: bool):
+    """timm's loader emulated: torchvision transforms to uint8, normalised on the device."""
+    from torchvision import datasets, transforms as T
+
+    tf = T.Compose([*_reference_geometry(cfg, jitter), T.PILToTensor()])
+    dataset = Repeated(datasets.ImageFolder(str(root / "train"), transform=tf), cycles)
+    return DeviceNormalised(_data_loader(dataset, cfg, device), device)
+
+
+def timm_loader(root: Path, cfg: E2EBenchConfig, device: torch.device, cycles: int, jitter: bool = False):
+    """(loader, note): timm's training loader, or its emulation where timm is not installed;
+    ``jitter``: our scale jittering (timm has no such transform: its loader's way of handing
+    uint8 batches over, normalised on the device, with torchvision's transforms)."""
+    if jitter:
+        return _uint8_loader(root, cfg, device, cycles, True), "S jitter via torchvision, uint8 normalised on device"
     try:
         from timm.data import ImageDataset, create_loader
     except ImportError:
-        from torchvision import datasets, transforms as T
-
-        tf = T.Compose([T.RandomResizedCrop(cfg.crop_size), T.RandomHorizontalFlip(), T.PILToTensor()])
-        dataset = Repeated(datasets.ImageFolder(str(root / "train"), transform=tf), cycles)
-        return DeviceNormalised(_data_loader(dataset, cfg, device), device), "timm not installed: its loader emulated"
+        return _uint8_loader(root, cfg, device, cycles, False), "timm not installed: its loader emulated"
     import timm
 
     wanted = dict(input_size=(3, cfg.crop_size, cfg.crop_size), batch_size=cfg.batch_size, is_training=True,
@@ -216,20 +261,20 @@ def _variant(name: str, root: Path, cfg: E2EBenchConfig, device: torch.device, p
     """(step, loader, note) of one variant."""
     from verydeep.bench.train_step import OPTIONS, OurStep, RefStep, parse_variant
 
-    base, opts = parse_variant(name, OPTIONS + E2E_OPTIONS)
+    base, opts = parse_variant(name, OPTIONS + E2E_OPTIONS, E2E_REFERENCE_OPTIONS)
     if base == "reference":
-        step = RefStep(tcfg, device, opts)
+        step = RefStep(tcfg, device, opts - {"jitter"})
         if "timm" in opts:
-            return (step, *timm_loader(root, cfg, device, plan.cycles))
-        return step, reference_loader(root, cfg, device, plan.cycles), ""
+            return (step, *timm_loader(root, cfg, device, plan.cycles, "jitter" in opts))
+        return step, reference_loader(root, cfg, device, plan.cycles, "jitter" in opts), ""
     step = OurStep(tcfg, device, opts - set(E2E_OPTIONS))
     return (step, *our_loader(root, cfg, device, plan.cycles, "gpu" if "gpudecode" in opts else "cpu"))
 
 
 def _measure(name: str, root: Path, cfg: E2EBenchConfig, device: torch.device, plan: TimingPlan, tcfg):
-    """(images/s of each window, peak memory MB, note) of one variant."""
+    """(images/s of each window, peak memory MB, note, non-finite losses) of one variant."""
     torch.manual_seed(cfg.seed)
-    with backend_flags(device, benchmark=True, tf32=name.startswith("ours")):
+    with backend_flags(device, benchmark=True, tf32=cfg.tf32):
         step, loader, note = _variant(name, root, cfg, device, plan, tcfg)
         batches = iter(loader)
 
@@ -239,8 +284,9 @@ def _measure(name: str, root: Path, cfg: E2EBenchConfig, device: torch.device, p
 
         reset_peak_memory(device)
         _, _, rates = time_steps(one_step, device=device, steps=plan.steps, warmup=plan.warmup,
-                                 repeats=plan.windows, images_per_step=cfg.batch_size)
-        return rates, peak_memory_mb(device), note
+                                 repeats=plan.windows, images_per_step=cfg.batch_size,
+                                 min_seconds=cfg.min_seconds, max_steps=plan.max_steps)
+        return rates, peak_memory_mb(device), note, step.nonfinite()
 
 
 def _time_variant(name: str, root: Path, cfg: E2EBenchConfig, device: torch.device, plan: TimingPlan, tcfg):
@@ -258,7 +304,7 @@ def run_e2e_bench(cfg: E2EBenchConfig) -> list[BenchResult]:
 
     device = resolve_device(cfg.device)
     names = [v.strip() for v in cfg.variants.split(",") if v.strip()]
-    parsed = [(v, *parse_variant(v, OPTIONS + E2E_OPTIONS)) for v in names]
+    parsed = [(v, *parse_variant(v, OPTIONS + E2E_OPTIONS, E2E_REFERENCE_OPTIONS)) for v in names]
     with tempfile.TemporaryDirectory(prefix="verydeep-e2e-") as tmp:
         root = ensure_jpegs(cfg, Path(cfg.data_dir) if cfg.data_dir else Path(tmp))
         n_images, n_classes, kb = _file_stats(root)
@@ -270,19 +316,26 @@ def run_e2e_bench(cfg: E2EBenchConfig) -> list[BenchResult]:
         macs = forward_macs(create_model(cfg.model, num_classes=num_classes, width=cfg.width,
                                          head_size=max(1, cfg.crop_size // 32)), cfg.crop_size)
         measured = {name: _time_variant(name, root, cfg, device, plan, tcfg) for name in names}
-    references = reference_names(parsed)
+        references = reference_names(parsed)
+        drift = {}
+        if references and len(names) > 1:  # the headline reference again, last: how far the machine moved
+            again = _time_variant(references[0], root, cfg, device, plan, tcfg)[0]
+            drift[references[0]] = statistics.median(again) / statistics.median(measured[references[0]][0])
     results = []
-    for name, base, _ in parsed:
-        rates, memory, note = measured[name]
+    for name, base, opts in parsed:
+        rates, memory, note, nonfinite = measured[name]
         ips = statistics.median(rates)
-        transform = "RandomResizedCrop" if base == "reference" else f"S in [{cfg.scale_min}, {cfg.scale_max}]"
+        jitter = base == "ours" or "jitter" in opts
+        transform = f"S in [{cfg.scale_min}, {cfg.scale_max}]" if jitter else "RandomResizedCrop"
         results.append(BenchResult(
             bench="e2e", variant=name, images_per_s=ips, ms_per_step=1000 * cfg.batch_size / ips,
             batch_size=cfg.batch_size, peak_memory_mb=memory, tflops=training_tflops(macs, ips), samples=rates,
             reference=references[0] if base == "ours" and references else None,
-            references=references if base == "ours" else [],
+            references=references if base == "ours" else [], drift=drift.get(name), nonfinite_losses=nonfinite,
             notes=f"{n_images} JPEGs ({kb:.0f} KB average) cycled {plan.cycles}x; {transform}, crop "
                   f"{cfg.crop_size}; {cfg.workers} workers, prefetch {cfg.prefetch}; warm-up {plan.warmup} "
-                  f"batches, {plan.windows} windows of {plan.steps} batches" + (f"; {note}" if note else ""),
+                  f"batches, {plan.windows} windows of {plan.steps} batches" + (f"; {note}" if note else "")
+                  + (f"; windows of >= {cfg.min_seconds:g} s" if cfg.min_seconds else "")
+                  + f"; TF32 {'on' if cfg.tf32 else 'off'} (all variants)",
         ))
     return results

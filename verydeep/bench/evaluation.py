@@ -50,11 +50,12 @@ class EvalBenchConfig:
     reference: bool = True
     aspect: float = 4 / 3  # width / height; the shorter side is Q
     seed: int = 0
+    min_seconds: float = 0.0  # each timed window lasts at least this long
 
     @classmethod
     def for_gpu(cls, **overrides) -> "EvalBenchConfig":
         return replace(cls(width=1.0, crop_size=224, scales="256,384,512", batch_size=32, crop_batch=400,
-                           steps=10, warmup=3, repeats=3, device="cuda"), **overrides)
+                           steps=10, warmup=3, repeats=2, device="cuda", min_seconds=2.0), **overrides)
 
 
 def _scales(text: str) -> list[int]:
@@ -184,7 +185,8 @@ def run_eval_bench(cfg: EvalBenchConfig) -> list[BenchResult]:
             for who, fn in runs:
                 reset_peak_memory(device)
                 _, _, window = time_steps(fn, device=device, steps=cfg.steps, warmup=cfg.warmup if r == 0 else 0,
-                                          repeats=1, images_per_step=cfg.batch_size)
+                                          repeats=1, images_per_step=cfg.batch_size,
+                                          min_seconds=cfg.min_seconds)
                 rates[who] += window
                 mem[who] = max(mem[who], peak_memory_mb(device))
         for who, _ in runs:

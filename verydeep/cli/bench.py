@@ -20,6 +20,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="timed steps per window")
     p.add_argument("--warmup", type=int, help="untimed steps before timing")
     p.add_argument("--repeats", type=int, help="timed windows; the figure is their median")
+    p.add_argument("--min-seconds", type=float,
+                   help="each timed window lasts at least this long (paper preset: 5; small preset: 0)")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (0: torch's default). One thread keeps CPU timings steady "
                         "when other processes share the cores")
@@ -48,6 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                       "with OPTION among compile, foreach, nosync, slices, graphs, cl, nocl "
                                       "(default reference,ours)")
     t.add_argument("--compile", action="store_true", help="add the ours+compile variant")
+    t.add_argument("--profile", type=int, metavar="STEPS",
+                   help="a torch.profiler summary of STEPS steps per variant (paper preset: 10; 0: none)")
     t.set_defaults(func=run_train)
 
     e = bsub.add_parser("eval", help="center / dense / multi-crop evaluation images/s at several Q")
@@ -73,8 +77,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--scale-max", type=int, help="(paper: 512)")
     add_amp(x, default=None, default_text="the preset's")
     x.add_argument("--prefetch", type=int, help="batches each worker keeps ready (both sides; default 2)")
-    x.add_argument("--variants", help="comma-separated: reference, reference+timm, ours, ours+gpudecode, "
-                                      "ours+OPTION (default: those four)")
+    x.add_argument("--variants", help="comma-separated: reference, reference+timm, reference+jitter, "
+                                      "reference+timm+jitter (our transform), ours, ours+gpudecode, ours+OPTION "
+                                      "(default: reference, reference+timm, reference+timm+jitter, ours, "
+                                      "ours+gpudecode)")
     x.set_defaults(func=run_e2e)
 
     d = bsub.add_parser("data", help="data pipeline alone: images/s per worker, ours vs torchvision")
@@ -124,7 +130,8 @@ def _overrides(args, mapping: dict[str, str]) -> dict:
     return out
 
 
-_RUN_ARGS = {"device": "device", "steps": "steps", "warmup": "warmup", "repeats": "repeats"}
+_RUN_ARGS = {"device": "device", "steps": "steps", "warmup": "warmup", "repeats": "repeats",
+             "min_seconds": "min_seconds"}
 
 
 def _config(cls, args, extra: dict[str, str]):
@@ -140,7 +147,7 @@ def train_config(args):
 
     cfg = _config(TrainBenchConfig, args, {"model": "model", "width": "width", "batch_size": "batch_size",
                                            "image_size": "image_size", "amp": "amp", "accum": "accum",
-                                           "variants": "variants"})
+                                           "variants": "variants", "profile": "profile_steps"})
     if getattr(args, "compile", False) and "ours+compile" not in cfg.variants.split(","):
         cfg = dataclasses.replace(cfg, variants=cfg.variants + ",ours+compile")
     return cfg

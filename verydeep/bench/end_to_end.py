@@ -298,7 +298,9 @@ def _time_variant(name: str, root: Path, cfg: E2EBenchConfig, device: torch.devi
     return measured
 
 
-def run_e2e_bench(cfg: E2EBenchConfig) -> list[BenchResult]:
+def run_e2e_bench(cfg: E2EBenchConfig, progress=None) -> list[BenchResult]:
+    """Every variant of ``cfg.variants``, then the headline reference again; ``progress`` (if
+    given) gets the rows so far after each variant."""
     from verydeep.bench.train_step import OPTIONS, TrainBenchConfig, parse_variant, reference_names
     from verydeep.models import create_model
 
@@ -315,14 +317,30 @@ def run_e2e_bench(cfg: E2EBenchConfig) -> list[BenchResult]:
                                 amp=cfg.amp, seed=cfg.seed)
         macs = forward_macs(create_model(cfg.model, num_classes=num_classes, width=cfg.width,
                                          head_size=max(1, cfg.crop_size // 32)), cfg.crop_size)
-        measured = {name: _time_variant(name, root, cfg, device, plan, tcfg) for name in names}
+        facts = (n_images, kb, plan, macs)
+        measured = {}
+        for name in names:
+            measured[name] = _time_variant(name, root, cfg, device, plan, tcfg)
+            if progress is not None:
+                progress(_e2e_results(cfg, parsed, measured, {}, facts))
         references = reference_names(parsed)
         drift = {}
         if references and len(names) > 1:  # the headline reference again, last: how far the machine moved
             again = _time_variant(references[0], root, cfg, device, plan, tcfg)[0]
             drift[references[0]] = statistics.median(again) / statistics.median(measured[references[0]][0])
+    return _e2e_results(cfg, parsed, measured, drift, facts)
+
+
+def _e2e_results(cfg: E2EBenchConfig, parsed, measured: dict, drift: dict, facts) -> list[BenchResult]:
+    """One row per variant measured so far."""
+    from verydeep.bench.train_step import reference_names
+
+    n_images, kb, plan, macs = facts
+    references = reference_names([p for p in parsed if p[0] in measured])
     results = []
     for name, base, opts in parsed:
+        if name not in measured:
+            continue
         rates, memory, note, nonfinite = measured[name]
         ips = statistics.median(rates)
         jitter = base == "ours" or "jitter" in opts

@@ -127,7 +127,9 @@ def reference_multicrop(model, images, crop, amp, crop_batch=None) -> torch.Tens
 
 # --- the benchmark ----------------------------------------------------------------------------
 
-def run_eval_bench(cfg: EvalBenchConfig) -> list[BenchResult]:
+def run_eval_bench(cfg: EvalBenchConfig, progress=None) -> list[BenchResult]:
+    """Ours and the reference per protocol and Q; ``progress`` (if given) gets the rows so far
+    after each case."""
     from verydeep.bench.reference import reference_model
     from verydeep.evaluate.crops import crops_per_image
     from verydeep.evaluate.protocols import center, dense_scores, multicrop
@@ -200,4 +202,6 @@ def run_eval_bench(cfg: EvalBenchConfig) -> list[BenchResult]:
             ))
         del images
         gc.collect()
+        if progress is not None:
+            progress(list(results))
     return results

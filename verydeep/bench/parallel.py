@@ -130,8 +130,9 @@ def parallel_modes(cfg: ParallelBenchConfig) -> list[tuple[str, int, dict]]:
     ]
 
 
-def run_parallel_bench(cfg: ParallelBenchConfig, echo=print) -> list[dict]:
-    """Images/s of the global batch in every mode; ``echo`` gets the Markdown table line by line."""
+def run_parallel_bench(cfg: ParallelBenchConfig, echo=print, progress=None) -> list[dict]:
+    """Images/s of the global batch in every mode; ``echo`` gets the Markdown table line by line,
+    ``progress`` (if given) the rows so far after each mode."""
     echo(f"net {cfg.model} width {cfg.width}, {cfg.crop}x{cfg.crop}, global batch {cfg.batch}, "
          f"{cfg.steps} timed steps, {cfg.threads} thread(s) per process, device {cfg.device} ({cfg.backend}), "
          f"amp {cfg.amp}; {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}; "
@@ -145,4 +146,6 @@ def run_parallel_bench(cfg: ParallelBenchConfig, echo=print) -> list[dict]:
             ips, error = None, str(e).splitlines()[0]
         rows.append({"mode": name, "processes": world, "images_per_s": ips, "error": error})
         echo(f"| {name} | {world} | {'FAILED: ' + error if error else f'{ips:.1f}'} |")
+        if progress is not None:
+            progress(list(rows))
     return rows

@@ -286,8 +286,9 @@ def _time_once(parsed_variant, cfg: TrainBenchConfig, device: torch.device, imag
     return rates, memory, nonfinite, prof
 
 
-def run_train_bench(cfg: TrainBenchConfig) -> list[BenchResult]:
-    """Every variant of ``cfg.variants``; one at a time, each torn down before the next."""
+def run_train_bench(cfg: TrainBenchConfig, progress=None) -> list[BenchResult]:
+    """Every variant of ``cfg.variants``; one at a time, each torn down before the next.
+    ``progress`` (if given) gets the rows so far after each variant is timed."""
     device = resolve_device(cfg.device)
     variants = [v.strip() for v in cfg.variants.split(",") if v.strip()]
     parsed = [(v, *parse_variant(v)) for v in variants]
@@ -311,14 +312,24 @@ def run_train_bench(cfg: TrainBenchConfig) -> list[BenchResult]:
             nonfinite[name] += bad
             if prof:
                 profiles[name] = prof
+            if progress is not None:  # rows so far, for a caller that writes them as they come
+                progress(_train_results(cfg, parsed, samples, mem, nonfinite, profiles, {}, macs, interleave))
     references = reference_names(parsed)
     drift = {}
     if references and not interleave and len(parsed) > 1:  # the headline reference again, last
         again, _, _, _ = _time_once(next(p for p in parsed if p[0] == references[0]), cfg, device, images, labels,
                                     windows, profile=False)
         drift[references[0]] = statistics.median(again) / statistics.median(samples[references[0]])
+    return _train_results(cfg, parsed, samples, mem, nonfinite, profiles, drift, macs, interleave)
+
+
+def _train_results(cfg: TrainBenchConfig, parsed, samples, mem, nonfinite, profiles, drift, macs,
+                   interleave: bool) -> list[BenchResult]:
+    """One row per variant timed so far."""
+    done = [(name, base) for name, base, _ in parsed if samples[name]]
+    references = reference_names([p for p in parsed if samples[p[0]]])
     results = []
-    for name, base, _ in parsed:
+    for name, base in done:
         ips = statistics.median(samples[name])
         results.append(BenchResult(
             bench="train", variant=name, images_per_s=ips, ms_per_step=1000 * cfg.batch_size / ips,

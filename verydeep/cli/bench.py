@@ -203,8 +203,28 @@ def _finish(args, device, results, configs: dict) -> int:
         Path(args.markdown).write_text(table)
     if args.json:
         cfgs = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in configs.items()}
-        emit_json(to_json(results, peak=peak, machine=machine, config={**cfgs, "argv": sys.argv[1:]}), args.json)
+        emit_json({**to_json(results, peak=peak, machine=machine, config={**cfgs, "argv": sys.argv[1:]}),
+                   "complete": True}, args.json)
     return 0
+
+
+def _progress(args, device, configs: dict):
+    """A callback writing the rows so far to ``--json`` (marked ``"complete": false``), so a
+    run cut short (a time-out) keeps what it measured; None without a JSON file."""
+    if not args.json or args.json == "-":
+        return None
+    from verydeep.bench.common import machine_info
+    from verydeep.bench.report import attach_ratios, to_json
+
+    machine = machine_info(device)
+    cfgs = {k: dataclasses.asdict(v) for k, v in configs.items()}
+
+    def write(rows) -> None:
+        attach_ratios(rows)
+        emit_json({**to_json(rows, machine=machine, config={**cfgs, "argv": sys.argv[1:]}), "complete": False},
+                  args.json)
+
+    return write
 
 
 def run_train(args) -> int:
@@ -212,7 +232,7 @@ def run_train(args) -> int:
 
     device = _setup(args)
     cfg = train_config(args)
-    return _finish(args, device, run_train_bench(cfg), {"train": cfg})
+    return _finish(args, device, run_train_bench(cfg, _progress(args, device, {"train": cfg})), {"train": cfg})
 
 
 def run_eval(args) -> int:
@@ -220,7 +240,7 @@ def run_eval(args) -> int:
 
     device = _setup(args)
     cfg = eval_config(args)
-    return _finish(args, device, run_eval_bench(cfg), {"eval": cfg})
+    return _finish(args, device, run_eval_bench(cfg, _progress(args, device, {"eval": cfg})), {"eval": cfg})
 
 
 def run_e2e(args) -> int:
@@ -228,7 +248,7 @@ def run_e2e(args) -> int:
 
     device = _setup(args)
     cfg = e2e_config(args)
-    return _finish(args, device, run_e2e_bench(cfg), {"e2e": cfg})
+    return _finish(args, device, run_e2e_bench(cfg, _progress(args, device, {"e2e": cfg})), {"e2e": cfg})
 
 
 def _data_results(args, device):
@@ -268,9 +288,13 @@ def run_parallel(args) -> int:
                               steps=args.steps, world=args.world, microbatches=args.microbatches,
                               threads=args.threads, timeout=args.timeout, device=args.device,
                               backend=args.backend, amp=args.amp)
-    rows = run_parallel_bench(cfg, echo=lambda line: print(line, flush=True))
-    if args.json:
-        emit_json({"config": dataclasses.asdict(cfg), "results": rows}, args.json)
+    def write(rows: list[dict], complete: bool) -> None:  # after every mode: a time-out keeps the rows
+        if args.json:
+            emit_json({"config": dataclasses.asdict(cfg), "results": rows, "complete": complete}, args.json)
+
+    rows = run_parallel_bench(cfg, echo=lambda line: print(line, flush=True),
+                              progress=lambda rows: write(rows, False))
+    write(rows, True)
     return 1 if any(row["error"] for row in rows) else 0
 
 

@@ -218,3 +218,34 @@ def test_step_profile_sorts_a_training_steps_time_by_kind():
     assert set(shares) == set(KINDS) and abs(sum(shares.values()) - 1) < 1e-3
     assert shares["convolution"] > 0 and shares["matmul"] > 0 and shares["optimiser"] > 0
     assert profile["steps"] == 3 and profile["clock"] == "host"
+
+
+def test_gpucheck_compares_batches_decoded_while_training_is_queued(tmp_path):
+    from verydeep.bench.gpu_data_check import check
+    from verydeep.bench.jpeg_files import write_jpeg_files
+
+    import torch
+
+    write_jpeg_files(tmp_path, n=8, classes=2, workers=1)
+    result = check(str(tmp_path), torch.device("cpu"), batch_size=4, batches=2, scale_min=40, scale_max=48,
+                   crop=32, draft=False, timed=1, queued=1, width=1 / 16)
+    assert result["passed"] and result["labels_equal"] and result["batches_compared"] == 2
+    assert result["nonfinite_losses"] == 0 and result["training_steps_queued_per_batch"] == 1
+    assert result["mean_level_difference"] < 0.5 and result["device_side_images_per_s"] > 0
+
+
+def test_gpucheck_fails_on_corruption_not_on_resampling_noise():
+    import torch
+
+    from verydeep.bench.gpu_data_check import verdict
+
+    noise = torch.zeros(100_000)
+    noise[::50] = 2.0  # a level or two here and there: two decoders, two resamplers
+    assert verdict(noise, True, 0, draft=False)[0]
+    corrupt = noise.clone()
+    corrupt[:5_000] = 80.0  # a garbage block: 5% of the pixels far off
+    passed, why = verdict(corrupt, True, 0, draft=False)
+    assert not passed and "beyond resampling tolerance" in why
+    assert not verdict(noise, False, 0, draft=False)[0]  # labels
+    assert not verdict(noise, True, 3, draft=False)[0]  # non-finite losses
+    assert verdict(corrupt, True, 0, draft=True)[0]  # draft on: reported, not judged

@@ -231,13 +231,18 @@ def timm_loader(root: Path, cfg: E2EBenchConfig, device: torch.device, cycles: i
 
 
 def our_loader(root: Path, cfg: E2EBenchConfig, device: torch.device, cycles: int, decode: str = "cpu"):
+    """Our training loader as a run on ``device`` builds it: its memory format, and bf16
+    batches where the step autocasts to bf16."""
     from verydeep.data import DataConfig, build_train_loader, discover
+    from verydeep.runtime import build_runtime
 
     dcfg = DataConfig(root=str(root), scale_min=cfg.scale_min, scale_max=cfg.scale_max, crop_size=cfg.crop_size,
                       workers=cfg.workers, prefetch_factor=cfg.prefetch, persistent_workers=False,
                       index_cache=str(root / ".index"), decode=decode)
+    runtime = build_runtime(device, cfg.amp)  # as the training run sets its loader up
     loader = build_train_loader(dcfg, discover(dcfg).train * cycles, cfg.batch_size, seed=cfg.seed, device=device,
-                                channels_last=device.type == "cuda")
+                                channels_last=runtime.channels_last,
+                                dtype=torch.bfloat16 if runtime.amp_dtype is torch.bfloat16 else torch.float32)
     note = "" if decode == "cpu" or loader.decoder is not None else "GPU decoding unavailable: CPU path"
     return loader, note
 

@@ -19,7 +19,7 @@
 # sections (data: a CPU figure; parallel: two ranks on one GPU over gloo) run last, and only
 # with their whole timeout left. Every section writes its JSON rows as they are measured, so a
 # time-out keeps what it had ("complete": false in the file).
-#   env       20/20   versions, GPU, driver, CPU -> env.json
+#   env       20/60   versions, GPU, driver, CPU -> env.json
 #   jpegs     45/60   ImageNet-like JPEGs (~110 KB, 500x375), generated in parallel, outside OUTDIR
 #   train    120/90   training step, synthetic tensors, TF32 alike: reference, reference+timm (the
 #                     headline), ours, ours without channels_last, ours in a CUDA graph; a
@@ -28,11 +28,12 @@
 #   e2e      120/120  end to end from JPEGs: reference (ImageFolder + RandomResizedCrop),
 #                     reference+timm, reference+timm+jitter (our transform: the headline), ours
 #                     (S in [256, 512]), ours with data.decode=gpu; non-finite losses counted
-#   compile  120/150  ours vs ours+compile (a first compile can take a minute or two)
+#   compile  120/150  ours vs ours+compile (a first compile can take a minute or two; --quick:
+#                     the aot_eager backend, which traces the step but builds no kernels)
 #   eval      90/60   centre, dense, multi-crop at Q = 256, 384, 512, ours and reference
 #   gpucheck  60/60   GPU data path vs CPU path while training kernels are queued: labels,
 #                     pixel differences (fails beyond resampling tolerance), images/s
-#   data      45/60   (optional) the data pipeline alone, images/s per worker, rounds' spread
+#   data      45/90   (optional) the data pipeline alone, images/s per worker, rounds' spread
 #   parallel  80/150  (optional) a few steps of each parallel mode (1 and 2 ranks, gloo)
 # Writes under OUTDIR: gpu.md (summary: versions, sections, tables, targets), <section>.json,
 # sections.tsv, gpu.log. Exit status 0 when every section that ran passed.
@@ -68,7 +69,7 @@ START=$(date +%s)
 
 if [ $QUICK = 1 ]; then
   BUDGET="${BUDGET:-600}"
-  declare -A CAP=([env]=20 [jpegs]=60 [train]=90 [e2e]=120 [compile]=150 [eval]=60 [gpucheck]=60 [data]=60
+  declare -A CAP=([env]=60 [jpegs]=60 [train]=90 [e2e]=120 [compile]=150 [eval]=60 [gpucheck]=60 [data]=90
                   [parallel]=150)
 else
   BUDGET="${BUDGET:-570}"
@@ -113,11 +114,12 @@ if [ $QUICK = 1 ]; then
   TRAIN_VARIANTS=reference,reference+timm,ours,ours+nocl
   E2E=(e2e "${DEV[@]}" --images $E2E_FILES --classes 2 --batch-size 4 --workers 1 --steps 3 --repeats 2
        --min-seconds 0.2 --crop-size 64 --scale-min 72 --scale-max 96)
+  # the compile path traced, no kernels built: inductor's C++ build took 4.5 min on the loaded 2-core CPU
   COMPILE=(train "${DEV[@]}" --model vgg11 --image-size 32 --batch-size 4 --steps 2 --warmup 1 --repeats 1
-           --variants ours,ours+compile)  # the smallest graph: inductor's C++ build dominates on a CPU
+           --compile-backend aot_eager --variants ours,ours+compile)
   EVAL=(eval "${DEV[@]}" --crop-size 32 --scales 48,64 --batch-size 1 --steps 1 --warmup 0 --repeats 1)
   CHECK=(--device cpu --batch-size 8 --crop 64 --scale-min 72 --scale-max 96 --no-draft)  # S < 375/2: like for like
-  DATA=(data --images $DATA_FILES --repeats 3 --batch-size 8 --crop-size 64 --scale-min 72 --scale-max 96)
+  DATA=(data --images $DATA_FILES --repeats 2 --batch-size 8 --crop-size 64 --scale-min 72 --scale-max 96)
   PARALLEL=(parallel --device cpu --width 0.0625 --crop 32 --batch-size 8 --steps 2 --timeout 60)
 else
   E2E_FILES=4096; DATA_FILES=400

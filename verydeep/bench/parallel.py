@@ -94,7 +94,9 @@ def _worker(rank: int, world: int, port: int, threads: int, mode: dict, cfg: Par
 
 
 def run_mode(world: int, mode: dict, cfg: ParallelBenchConfig) -> float:
-    ctx = mp.get_context("spawn")
+    # fork on a CPU: the ranks start in milliseconds instead of importing torch again (seconds
+    # each, tens on a loaded machine: what made the section time out); spawn where CUDA is used
+    ctx = mp.get_context("fork" if cfg.device == "cpu" and "fork" in mp.get_all_start_methods() else "spawn")
     q = ctx.Queue()
     threads = cfg.threads
     port = _port()

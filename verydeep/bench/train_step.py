@@ -84,6 +84,7 @@ class TrainBenchConfig:
     min_seconds: float = 0.0  # each timed window lasts at least this long (the GPU run: 5 s)
     tf32: bool = True  # TF32 matmuls and convolutions on CUDA, for every variant alike
     profile_steps: int = 0  # > 0: a torch.profiler summary of that many steps per variant
+    compile_backend: str = "inductor"  # the 'compile' option's (aot_eager: traces, builds no kernels)
     # None: on CPU, where other processes share the cores, each variant is rebuilt and timed
     # once per round, ``repeats`` rounds, so load that comes and goes hits every variant alike;
     # on CUDA each variant is built once and timed ``repeats`` windows in a row.
@@ -178,7 +179,7 @@ class OurStep:
         self.device = self.runtime.device
         self.model = self.runtime.prepare_model(_our_model(cfg, device))
         if "compile" in opts:
-            self.model.compile()
+            self.model.compile(backend=cfg.compile_backend)
         self.strategy = build_strategy(self.model, ParallelConfig(), DistInfo(device=self.device),
                                        crop_size=cfg.image_size, accum=cfg.accum)
         self.optimizer = _our_optimizer(self.strategy.local_module, device, "foreach" in opts)

@@ -50,6 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                       "with OPTION among compile, foreach, nosync, slices, graphs, cl, nocl "
                                       "(default reference,ours)")
     t.add_argument("--compile", action="store_true", help="add the ours+compile variant")
+    t.add_argument("--compile-backend", help="torch.compile backend of the compile option (default inductor; "
+                                             "aot_eager checks the compile path without building kernels)")
     t.add_argument("--profile", type=int, metavar="STEPS",
                    help="a torch.profiler summary of STEPS steps per variant (paper preset: 10; 0: none)")
     t.set_defaults(func=run_train)
@@ -147,7 +149,8 @@ def train_config(args):
 
     cfg = _config(TrainBenchConfig, args, {"model": "model", "width": "width", "batch_size": "batch_size",
                                            "image_size": "image_size", "amp": "amp", "accum": "accum",
-                                           "variants": "variants", "profile": "profile_steps"})
+                                           "variants": "variants", "profile": "profile_steps",
+                                           "compile_backend": "compile_backend"})
     if getattr(args, "compile", False) and "ours+compile" not in cfg.variants.split(","):
         cfg = dataclasses.replace(cfg, variants=cfg.variants + ",ours+compile")
     return cfg

@@ -155,7 +155,9 @@ def test_data_bench_compares_like_with_like_by_median(tmp_path):
     rates = report["images_per_s_per_worker"]
     for name, rounds in report["rounds"].items():
         assert len(rounds) == 3 and rates[name] == sorted(rounds)[1]
-    assert set(report["ratio_vs_reference"]) == set(REFERENCE_OF)
+    assert set(report["ratio_vs_reference"]) == set(REFERENCE_OF) == set(report["ratio_per_round"])
+    spread = report["ratio_per_round"]["ours_scale_jitter"]
+    assert spread["min"] <= spread["median"] <= spread["max"]
     assert REFERENCE_OF["ours_scale_jitter_worker"] == "reference_scale_jitter_uint8"
     assert "ours_gpu_path_worker" in rates and report["setup"]["mean_file_kb"] > 90
 
@@ -177,21 +179,29 @@ def test_nonfinite_losses_are_counted_after_the_fact():
     assert count_nonfinite(losses) == 2 and count_nonfinite([]) == 0
 
 
-def test_a_window_lasts_at_least_min_seconds_and_at_least_its_steps():
-    import time
-
+def test_a_window_lasts_at_least_min_seconds_and_at_least_its_steps(monkeypatch):
     import torch
 
-    from verydeep.bench.common import time_steps
+    from verydeep.bench import common
 
+    clock = [0.0]
+    monkeypatch.setattr(common.time, "perf_counter", lambda: clock[0])
     calls = []
-    step = lambda: (calls.append(1), time.sleep(0.01))  # noqa: E731
-    _, _, rates = time_steps(step, device=torch.device("cpu"), steps=2, warmup=1, repeats=2,
-                             images_per_step=1, min_seconds=0.1)
-    assert len(rates) == 2 and len(calls) >= 1 + 2 * 9  # 0.1 s of 10 ms steps, twice, after one warm-up
+
+    def step():  # each step takes 1/8 s of the fake clock (exact in binary)
+        calls.append(1)
+        clock[0] += 0.125
+
+    _, _, rates = common.time_steps(step, device=torch.device("cpu"), steps=2, warmup=1, repeats=2,
+                                    images_per_step=1, min_seconds=0.5)
+    assert len(calls) == 1 + 2 * 4 and rates == [8.0, 8.0]  # 4 steps of 1/8 s per window, twice
     calls.clear()
-    time_steps(step, device=torch.device("cpu"), steps=3, warmup=0, repeats=1, images_per_step=1, min_seconds=10,
-               max_steps=5)
+    common.time_steps(step, device=torch.device("cpu"), steps=30, warmup=0, repeats=1, images_per_step=1,
+                      min_seconds=0.5)
+    assert len(calls) == 30  # at least its steps, however long that takes
+    calls.clear()
+    common.time_steps(step, device=torch.device("cpu"), steps=3, warmup=0, repeats=1, images_per_step=1,
+                      min_seconds=10, max_steps=5)
     assert len(calls) == 5  # a finite loader's pass ends the window early
 
 

@@ -208,12 +208,13 @@ class TrainLoader:
         return max(0, self.batches_per_epoch - self.start_batch)
 
     def _raw(self):
+        """The workers' batches; the DataLoader's iterator is made here, in the calling thread
+        (the main one: it installs the worker-failure handler there), even when a decode-ahead
+        thread then draws from it."""
         if self._loader is None:
-            for b in range(self.start_batch, self.batches_per_epoch):
-                yield self.dataset[(self.epoch, b)]
-            return
+            return (self.dataset[(self.epoch, b)] for b in range(self.start_batch, self.batches_per_epoch))
         self._sampler.epoch, self._sampler.start = self.epoch, self.start_batch
-        yield from self._loader
+        return iter(self._loader)
 
     def _on_device(self, item) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """A worker's batch as normalised float32 images and labels on the device."""

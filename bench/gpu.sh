@@ -25,10 +25,10 @@
 #                     headline), ours, ours without channels_last, ours in a CUDA graph; a
 #                     10-step torch.profiler summary per variant (convolutions, matmuls,
 #                     elementwise, copies, optimiser); the headline reference again at the end
-#   e2e      120/120  end to end from JPEGs: reference (ImageFolder + RandomResizedCrop),
+#   e2e      150/120  end to end from JPEGs: reference (ImageFolder + RandomResizedCrop),
 #                     reference+timm, reference+timm+jitter (our transform: the headline), ours
 #                     (S in [256, 512]), ours with data.decode=gpu; non-finite losses counted
-#   compile  120/150  ours vs ours+compile (a first compile can take a minute or two; --quick:
+#   compile  100/150  ours vs ours+compile (a first compile can take a minute or two; --quick:
 #                     the aot_eager backend, which traces the step but builds no kernels)
 #   eval      90/60   centre, dense, multi-crop at Q = 256, 384, 512, ours and reference
 #   gpucheck  60/60   GPU data path vs CPU path while training kernels are queued: labels,
@@ -73,7 +73,7 @@ if [ $QUICK = 1 ]; then
                   [parallel]=150)
 else
   BUDGET="${BUDGET:-570}"
-  declare -A CAP=([env]=20 [jpegs]=45 [train]=120 [e2e]=120 [compile]=120 [eval]=90 [gpucheck]=60 [data]=45
+  declare -A CAP=([env]=20 [jpegs]=45 [train]=120 [e2e]=150 [compile]=100 [eval]=90 [gpucheck]=60 [data]=45
                   [parallel]=80)
 fi
 OPTIONAL=" data parallel "

@@ -52,15 +52,15 @@ class BenchResult:
 
 @contextlib.contextmanager
 def backend_flags(device: torch.device, *, benchmark: bool, tf32: bool):
-    """cuDNN/matmul flags are process-global: set them per variant and put them back."""
+    """cuDNN/matmul flags are process-global: set them per variant and put them back (TF32 for
+    matmuls and convolutions alike, so ``tf32=False`` is full fp32 on both)."""
     if device.type != "cuda":
         yield
         return
     saved = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cudnn.benchmark = benchmark
     torch.backends.cuda.matmul.allow_tf32 = tf32
-    if tf32:
-        torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = tf32  # both, whichever way: one setting for every variant
     try:
         yield
     finally:

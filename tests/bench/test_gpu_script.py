@@ -31,5 +31,5 @@ def test_quick_works_after_the_outdir_and_optional_sections_wait_for_their_time(
     assert json.loads((out / "env.json").read_text())["quick"] is True
     rows = [line.split("\t") for line in (out / "sections.tsv").read_text().splitlines()]
     assert rows[0][:2] == ["env", "ok"]
-    assert rows[1][0] == "data" and rows[1][1].startswith("skipped (optional)")  # its 90 s cap exceeds the whole 80 s budget
+    assert rows[1][0] == "data" and rows[1][1].startswith("skipped (optional)")  # 90 s cap > 80 s budget
     assert "--quick" in (out / "gpu.md").read_text().splitlines()[0]

@@ -7,8 +7,11 @@ evaluation and the benchmarks, so a run's ``amp: none`` means fp32 everywhere it
   ``cuda:N`` names one GPU.
 - AMP ``auto``: bf16 on CUDA (no loss scaling needed), full precision on CPU, where autocast
   is slower than fp32 for convolutions.
-- channels_last ``None`` (auto): on CUDA, where cuDNN's NHWC kernels are the fast ones for
-  convolutions under AMP; off on CPU.
+- channels_last ``None`` (auto): :data:`CHANNELS_LAST_BY_DEVICE`, chosen from measurement:
+  on CUDA, where cuDNN's NHWC kernels are the fast ones for convolutions under AMP, and on
+  CPU, where oneDNN's NHWC convolutions measured faster for every net we train there
+  (BENCHMARKS.md, "Memory format on CPU": the demo's and the mini profile's nets, training
+  step and evaluation alike). ``train.channels_last: false`` keeps NCHW.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from verydeep.training_config import AMP_MODES
+# channels_last's automatic choice per device type (measured: see the module doc)
+CHANNELS_LAST_BY_DEVICE = {"cuda": True, "cpu": True}
 
 
 def resolve_device(name: str | torch.device | None = "auto", local_rank: int = 0) -> torch.device:
@@ -100,5 +105,5 @@ def build_runtime(device: str | torch.device | None = "auto", amp: str = "auto",
                   channels_last: bool | None = None, local_rank: int = 0) -> Runtime:
     """The policy for one process from the run's ``device``, ``amp`` and ``channels_last``."""
     dev = resolve_device(device, local_rank)
-    cl = dev.type == "cuda" if channels_last is None else bool(channels_last)
+    cl = CHANNELS_LAST_BY_DEVICE.get(dev.type, False) if channels_last is None else bool(channels_last)
     return Runtime(device=dev, amp_dtype=resolve_amp(amp, dev), channels_last=cl)

@@ -81,7 +81,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | none | bf16 | fp16
-    channels_last: bool | None = None  # None: on CUDA only
+    channels_last: bool | None = None  # None: the runtime policy's (verydeep.runtime: CUDA and CPU)
     compile: bool = False  # torch.compile the model
     cudnn_benchmark: bool = True
     val_every_steps: int | None = None  # extra validations inside an epoch

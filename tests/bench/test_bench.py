@@ -35,7 +35,8 @@ def test_bench_train_reports_ours_and_reference(tmp_path, capsys):
     assert set(rows["ours+slices+nosync"]["ratios"]) == {"reference", "reference+timm"}
     assert rows["reference"]["ratio"] is None
     ours = rows["ours+slices+nosync"]
-    assert ours["ratio"] > 0 and ours["reference"] == "reference"
+    assert ours["ratio"] > 0 and ours["reference"] == "reference+timm"  # the headline: the stronger one
+    assert all(r["nonfinite_losses"] == 0 for r in rows.values())
     assert ours["tflops"] > 0 and ours["peak_fraction"] > 0
     assert report["peak"]["tflops"] > 0 and report["machine"]["cpu_cores"] >= 1
     assert report["config"]["train"]["image_size"] == 32
@@ -100,9 +101,14 @@ def test_bench_e2e_reads_jpegs_through_every_pipeline(tmp_path, capsys):
                   "--workers", "0", "--crop-size", "32", "--scale-min", "40", "--scale-max", "64",
                   "--data", str(tmp_path / "jpegs"), "--no-peak")
     rows = {r["variant"]: r for r in report["results"]}
-    assert set(rows) == {"reference", "reference+timm", "ours", "ours+gpudecode"}
-    for ours in ("ours", "ours+gpudecode"):  # each of ours against both references
-        assert set(rows[ours]["ratios"]) == {"reference", "reference+timm"} and rows[ours]["ratio"] > 0
+    refs = {"reference", "reference+timm", "reference+timm+jitter"}
+    assert set(rows) == refs | {"ours", "ours+gpudecode"}
+    for ours in ("ours", "ours+gpudecode"):  # each of ours against every reference, headline: same transform
+        assert set(rows[ours]["ratios"]) == refs and rows[ours]["ratio"] > 0
+        assert rows[ours]["reference"] == "reference+timm+jitter" and rows[ours]["nonfinite_losses"] == 0
+    assert rows["reference+timm+jitter"]["drift"] > 0  # timed again at the end
+    assert "S in [40, 64]" in rows["reference+timm+jitter"]["notes"]
+    assert "RandomResizedCrop" in rows["reference+timm"]["notes"]
     assert len(list((tmp_path / "jpegs" / "train").rglob("*.JPEG"))) == 8
 
 
@@ -149,6 +155,107 @@ def test_data_bench_compares_like_with_like_by_median(tmp_path):
     rates = report["images_per_s_per_worker"]
     for name, rounds in report["rounds"].items():
         assert len(rounds) == 3 and rates[name] == sorted(rounds)[1]
-    assert set(report["ratio_vs_reference"]) == set(REFERENCE_OF)
+    assert set(report["ratio_vs_reference"]) == set(REFERENCE_OF) == set(report["ratio_per_round"])
+    spread = report["ratio_per_round"]["ours_scale_jitter"]
+    assert spread["min"] <= spread["median"] <= spread["max"]
     assert REFERENCE_OF["ours_scale_jitter_worker"] == "reference_scale_jitter_uint8"
     assert "ours_gpu_path_worker" in rates and report["setup"]["mean_file_kb"] > 90
+
+
+def test_headline_reference_is_the_strongest_doing_our_transform():
+    from verydeep.bench.train_step import parse_variant, reference_names
+
+    names = ["reference", "reference+jitter", "ours", "reference+timm", "reference+timm+jitter"]
+    parsed = [(n, *parse_variant(n, ("gpudecode",), ("timm", "jitter"))) for n in names]
+    assert reference_names(parsed) == ["reference+timm+jitter", "reference+timm", "reference+jitter", "reference"]
+
+
+def test_nonfinite_losses_are_counted_after_the_fact():
+    import torch
+
+    from verydeep.bench.train_step import count_nonfinite
+
+    losses = [torch.tensor(1.0), torch.tensor(float("inf")), torch.tensor(2.0), torch.tensor(float("nan"))]
+    assert count_nonfinite(losses) == 2 and count_nonfinite([]) == 0
+
+
+def test_a_window_lasts_at_least_min_seconds_and_at_least_its_steps(monkeypatch):
+    import torch
+
+    from verydeep.bench import common
+
+    clock = [0.0]
+    monkeypatch.setattr(common.time, "perf_counter", lambda: clock[0])
+    calls = []
+
+    def step():  # each step takes 1/8 s of the fake clock (exact in binary)
+        calls.append(1)
+        clock[0] += 0.125
+
+    _, _, rates = common.time_steps(step, device=torch.device("cpu"), steps=2, warmup=1, repeats=2,
+                                    images_per_step=1, min_seconds=0.5)
+    assert len(calls) == 1 + 2 * 4 and rates == [8.0, 8.0]  # 4 steps of 1/8 s per window, twice
+    calls.clear()
+    common.time_steps(step, device=torch.device("cpu"), steps=30, warmup=0, repeats=1, images_per_step=1,
+                      min_seconds=0.5)
+    assert len(calls) == 30  # at least its steps, however long that takes
+    calls.clear()
+    common.time_steps(step, device=torch.device("cpu"), steps=3, warmup=0, repeats=1, images_per_step=1,
+                      min_seconds=10, max_steps=5)
+    assert len(calls) == 5  # a finite loader's pass ends the window early
+
+
+def test_step_profile_sorts_a_training_steps_time_by_kind():
+    import torch
+
+    from verydeep.bench.step_profile import KINDS, kind_of, step_profile
+
+    assert kind_of("aten::convolution_backward", False) == "convolution"
+    assert kind_of("aten::addmm", False) == "matmul"
+    assert kind_of("aten::copy_", False) == "copies"
+    assert kind_of("aten::add_", True) == "optimiser" and kind_of("aten::add_", False) == "elementwise"
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, foreach=False)
+    x = torch.randn(2, 3, 8, 8)
+
+    def step():
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+
+    profile = step_profile(step, torch.device("cpu"), steps=3)
+    shares = profile["shares"]
+    assert set(shares) == set(KINDS) and abs(sum(shares.values()) - 1) < 1e-3
+    assert shares["convolution"] > 0 and shares["matmul"] > 0 and shares["optimiser"] > 0
+    assert profile["steps"] == 3 and profile["clock"] == "host"
+
+
+def test_gpucheck_compares_batches_decoded_while_training_is_queued(tmp_path):
+    from verydeep.bench.gpu_data_check import check
+    from verydeep.bench.jpeg_files import write_jpeg_files
+
+    import torch
+
+    write_jpeg_files(tmp_path, n=8, classes=2, workers=1)
+    result = check(str(tmp_path), torch.device("cpu"), batch_size=4, batches=2, scale_min=40, scale_max=48,
+                   crop=32, draft=False, timed=1, queued=1, width=1 / 16)
+    assert result["passed"] and result["labels_equal"] and result["batches_compared"] == 2
+    assert result["nonfinite_losses"] == 0 and result["training_steps_queued_per_batch"] == 1
+    assert result["mean_level_difference"] < 0.5 and result["device_side_images_per_s"] > 0
+
+
+def test_gpucheck_fails_on_corruption_not_on_resampling_noise():
+    import torch
+
+    from verydeep.bench.gpu_data_check import verdict
+
+    noise = torch.zeros(100_000)
+    noise[::50] = 2.0  # a level or two here and there: two decoders, two resamplers
+    assert verdict(noise, True, 0, draft=False)[0]
+    corrupt = noise.clone()
+    corrupt[:5_000] = 80.0  # a garbage block: 5% of the pixels far off
+    passed, why = verdict(corrupt, True, 0, draft=False)
+    assert not passed and "beyond resampling tolerance" in why
+    assert not verdict(noise, False, 0, draft=False)[0]  # labels
+    assert not verdict(noise, True, 3, draft=False)[0]  # non-finite losses
+    assert verdict(corrupt, True, 0, draft=True)[0]  # draft on: reported, not judged

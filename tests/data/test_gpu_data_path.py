@@ -177,3 +177,98 @@ def test_same_sized_files_are_resampled_together_in_bounded_groups(tmp_path, mon
     for (images, labels, _), (dev_images, dev_labels, _) in _pairs(BASE, samples):
         assert torch.equal(labels, dev_labels)
         assert _levels(images, dev_images).max() <= MAX_LEVELS + 1e-3
+
+
+# ----------------------------------------------------------------------------- the overlap
+
+
+class RecordingStream:
+    """A stand-in for ``SideStream`` that records what runs where, in which thread."""
+
+    def __init__(self):
+        import threading
+
+        self.log, self.local, self.main = [], threading.local(), threading.get_ident()
+        self.tokens = 0
+
+    def side(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def on_side():
+            self.local.on_side = True
+            try:
+                yield
+            finally:
+                self.local.on_side = False
+        return on_side()
+
+    def before_decode(self):
+        assert getattr(self.local, "on_side", False)
+        self.log.append("idle-wait")
+
+    def hand_over(self):
+        self.tokens += 1
+        self.log.append(f"event{self.tokens}")
+        return self.tokens
+
+    def receive(self, handover, tensors):
+        self.log.append(f"wait{handover}:" + ",".join(str(int(t.flatten()[0])) for t in tensors))
+
+
+def test_decode_ahead_prepares_the_next_batch_on_the_side_while_this_one_is_used():
+    import threading
+
+    stream = RecordingStream()
+    started = {k: threading.Event() for k in range(4)}
+
+    def prepare(k):
+        assert getattr(stream.local, "on_side", False), "prepared off the side stream"
+        assert threading.get_ident() != stream.main, "prepared in the training thread"
+        started[k].set()
+        stream.log.append(f"prepare{k}")
+        return torch.full((2,), k), torch.tensor([10 + k]), []
+
+    out = gpu_decode.decode_ahead(range(3), prepare, stream, uses_decoder=lambda k: k != 1)
+    for k in range(3):
+        images, labels, _ = next(out)
+        assert int(images[0]) == k and int(labels[0]) == 10 + k  # in order
+        if k < 2:  # the next one is being prepared while the caller holds this one
+            assert started[k + 1].wait(timeout=10)
+    assert next(out, None) is None
+    # each batch: (idle-wait if decoded) prepare, event; the caller waits on that batch's own event
+    log = [e for e in stream.log]
+    assert log.index("idle-wait") < log.index("prepare0") < log.index("event1") < log.index("wait1:0,10")
+    assert log.count("idle-wait") == 2  # item 1 does not decode
+    assert "wait2:1,11" in log and "wait3:2,12" in log
+    assert log.index("event2") < log.index("wait2:1,11")
+
+
+def test_decode_ahead_raises_a_failed_batch_where_it_would_have_come():
+    def prepare(k):
+        if k == 1:
+            raise ValueError("bad batch 1")
+        return (torch.tensor([k]),)
+
+    out = gpu_decode.decode_ahead(range(3), prepare, gpu_decode.InlineStream())
+    assert int(next(out)[0]) == 0
+    with pytest.raises(ValueError, match="bad batch 1"):
+        next(out)
+
+
+def test_bf16_batches_are_the_float32_ones_rounded(jpegs):
+    """Where the step autocasts to bf16, the loader hands bf16: what the first convolution
+    would have cast the float32 batch to, bit for bit."""
+    cfg = DataConfig(**BASE)
+    for decode in ("cpu", "gpu"):
+        kwargs = dict(seed=3, device="cpu")
+        a = next(iter(build_train_loader(replace_decode(cfg, decode), jpegs, 8, **kwargs)))
+        b = next(iter(build_train_loader(replace_decode(cfg, decode), jpegs, 8, dtype=torch.bfloat16, **kwargs)))
+        assert a[0].dtype == torch.float32 and b[0].dtype == torch.bfloat16
+        assert torch.equal(a[0].to(torch.bfloat16), b[0]) and torch.equal(a[1], b[1])
+
+
+def replace_decode(cfg: DataConfig, decode: str) -> DataConfig:
+    from dataclasses import replace
+
+    return replace(cfg, decode=decode)

@@ -134,3 +134,16 @@ def test_per_class_accuracy():
     acc, count = per_class_accuracy(correct, labels, 4)
     assert acc[:3].tolist() == [0.5, 1.0, 0.0] and torch.isnan(acc[3])
     assert count.tolist() == [2, 2, 1, 0]
+
+
+def test_crops_per_pass_caps_a_cpu_pass_by_crop_pixels_only():
+    from verydeep.evaluate.protocols import CPU_CROP_PIXELS, crops_per_pass
+
+    assert CPU_CROP_PIXELS == 524288
+    assert crops_per_pass(200, 64, torch.device("cpu")) == 128  # 2^19 / 64^2
+    assert crops_per_pass(200, 32, torch.device("cpu")) == 200  # under the cap: all of them
+    assert crops_per_pass(200, 224, torch.device("cpu")) == 10  # 524288 // 50176
+    assert crops_per_pass(200, 64, torch.device("cpu"), crop_batch=7) == 7
+    assert crops_per_pass(200, 64, torch.device("cuda")) == 200  # no cap on an accelerator
+    assert crops_per_pass(200, 64, torch.device("cuda"), crop_batch=50) == 50
+    assert crops_per_pass(3, 1024, torch.device("cpu")) == 1

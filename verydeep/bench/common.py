@@ -1,8 +1,9 @@
 """What every benchmark shares: devices, timing, peak memory, FLOP accounting, results.
 
-A figure is the median over ``repeats`` timed windows of ``steps`` steps each, after
-``warmup`` untimed steps; the device is synchronised at the window's edges only, so the
-timed loop itself runs as it would in training.
+A figure is the median over ``repeats`` timed windows of at least ``steps`` steps and at least
+``min_seconds`` each (the GPU run's windows last 5 s or more: shorter ones measure the clock's
+and the first kernels' noise), after ``warmup`` untimed steps; the device is synchronised at the
+window's edges only, so the timed loop itself runs as it would in training.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class BenchResult:
     references: list[str] = field(default_factory=list)  # every reference it is compared with
     ratios: dict[str, float] = field(default_factory=dict)  # ours / each of ``references``
     samples: list[float] = field(default_factory=list)  # images/s of every timed window
+    drift: float | None = None  # a reference timed again after the others: its second figure / its first
+    nonfinite_losses: int | None = None  # steps whose loss was inf/NaN (read once, after timing)
+    profile: dict | None = None  # share of step time per kind of work (``verydeep.bench.step_profile``)
     notes: str = ""
 
     def to_dict(self) -> dict:
@@ -48,15 +52,15 @@ class BenchResult:
 
 @contextlib.contextmanager
 def backend_flags(device: torch.device, *, benchmark: bool, tf32: bool):
-    """cuDNN/matmul flags are process-global: set them per variant and put them back."""
+    """cuDNN/matmul flags are process-global: set them per variant and put them back (TF32 for
+    matmuls and convolutions alike, so ``tf32=False`` is full fp32 on both)."""
     if device.type != "cuda":
         yield
         return
     saved = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cudnn.benchmark = benchmark
     torch.backends.cuda.matmul.allow_tf32 = tf32
-    if tf32:
-        torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = tf32  # both, whichever way: one setting for every variant
     try:
         yield
     finally:
@@ -102,24 +106,38 @@ def peak_memory_mb(device: torch.device) -> float:
 # --- timing ---------------------------------------------------------------------------------
 
 def time_steps(step: Callable[[], object], *, device: torch.device, steps: int, warmup: int,
-               repeats: int, images_per_step: int) -> tuple[float, float, list[float]]:
-    """Run ``step`` ``warmup`` times, then ``repeats`` windows of ``steps``; returns
-    (median images/s, median ms/step, images/s of each window)."""
-    if steps < 1 or repeats < 1 or warmup < 0:
-        raise ValueError(f"steps and repeats must be >= 1 and warmup >= 0, got {steps}, {repeats}, {warmup}")
+               repeats: int, images_per_step: int, min_seconds: float = 0.0,
+               max_steps: int | None = None) -> tuple[float, float, list[float]]:
+    """Run ``step`` ``warmup`` times, then ``repeats`` windows of ``steps`` steps, each window
+    extended step by step until ``min_seconds`` have passed on the host clock (at most
+    ``max_steps``: a loader's finite pass); returns (median images/s, median ms/step, images/s
+    of each window)."""
+    if steps < 1 or repeats < 1 or warmup < 0 or min_seconds < 0:
+        raise ValueError(f"steps and repeats must be >= 1, warmup and min_seconds >= 0, got {steps}, {repeats}, "
+                         f"{warmup}, {min_seconds}")
     for _ in range(warmup):
         step()
     synchronize(device)
     rates, ms = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        for _ in range(steps):
+        done = 0
+        while done < steps or (time.perf_counter() - t0 < min_seconds and (max_steps is None or done < max_steps)):
             step()
+            done += 1
         synchronize(device)
         dt = time.perf_counter() - t0
-        rates.append(steps * images_per_step / dt)
-        ms.append(1000 * dt / steps)
+        rates.append(done * images_per_step / dt)
+        ms.append(1000 * dt / done)
     return statistics.median(rates), statistics.median(ms), rates
+
+
+def spread(samples: list[float]) -> str:
+    """min-max of ``samples`` around their median, as a table cell ("±x%")."""
+    if len(samples) < 2:
+        return ""
+    mid = statistics.median(samples)
+    return f"{100 * (max(samples) - min(samples)) / 2 / mid:.0f}%" if mid else ""
 
 
 def training_tflops(macs: int, images_per_s: float) -> float:

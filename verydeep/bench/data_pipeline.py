@@ -7,21 +7,23 @@ and handing over the same dtype (``REFERENCE_OF``):
 
 * reference: torchvision ``ImageFolder`` + PIL decode + ``RandomResizedCrop(224)`` +
   ``RandomHorizontalFlip`` + ``ToTensor`` + ``Normalize``, ``DataLoader`` batching (float32);
-  ours_random_resized_crop: our loader with the same transform, float32 normalised;
+  ours_random_resized_crop: our loader with the same transform, float32 normalized;
 * reference_scale_jitter: the paper's transform written the usual torchvision way
   (``Resize(S)`` with random S, ``RandomCrop(224)``, flip, ``ToTensor``, ``Normalize``, float32);
   ours_scale_jitter: our loader, S uniform in [256, 512], crop 224, flip, colour shift, mean
-  subtraction (the paper's full training transform), float32 normalised (a CPU run's workers);
+  subtraction (the paper's full training transform), float32 normalized (a CPU run's workers);
 * reference_scale_jitter_uint8: the same torchvision transform ending in ``PILToTensor``
   (uint8, as a GPU run would hand it over); ours_scale_jitter_worker: our worker's share of a
-  GPU run, decoded and cropped uint8 batches (the float conversion and normalisation run on
+  GPU run, decoded and cropped uint8 batches (the float conversion and normalization run on
   the device, ``verydeep.data.loaders.normalize_batch``);
 * ours_gpu_path_worker: a worker's share on the GPU data path (``data.decode: gpu``): read the
   bytes, parse the header, draw the geometry; the decoding is the device's;
 * decode_only: PIL open + decode + RGB, for orientation.
 
-Pipelines alternate over ``rounds`` and the median round counts, so a neighbour's burst on a
-shared machine hurts all alike and neither the luckiest nor the unluckiest round decides.
+Pipelines alternate over ``rounds``, each of ours right after its reference, and the median
+round counts, so a neighbour's burst on a shared machine hurts all alike and neither the
+luckiest nor the unluckiest round decides; ``ratio_per_round`` gives the spread of each pair's
+ratio over the rounds.
 
     verydeep bench data --images 400 --repeats 3
 """
@@ -49,6 +51,11 @@ def _time_loader(loader, n_images: int) -> float:
         seen += len(batch[1])
     dt = time.perf_counter() - t0
     return seen / dt
+
+
+def _spread(values: list[float]) -> dict:
+    return {"median": round(statistics.median(values), 2), "min": round(min(values), 2),
+            "max": round(max(values), 2)}
 
 
 # each of ours -> the reference doing the same transform with the same output dtype
@@ -84,7 +91,7 @@ def _our_loader(samples, batch_size: int, seed: int, **cfg_kwargs):
 
 class _WorkerShare:
     """The raw batches of a ``TrainLoader`` (what its workers build), without the consumer's
-    float conversion and normalisation."""
+    float conversion and normalization."""
 
     def __init__(self, loader):
         self.loader = loader
@@ -135,21 +142,22 @@ def run_data_pipeline_bench(images: int = 400, batch_size: int = 32, rounds: int
     try:
         samples = write_jpeg_files(data_dir, n=images, seed=seed)
         root = f"{data_dir}/train"
+        # each of ours right after its reference: a pair is timed at nearly the same moment
         pipelines = {
             "reference": lambda: _reference_loader(root, batch_size, None, crop, seed),
-            "reference_scale_jitter": lambda: _reference_loader(root, batch_size, (scale_min, scale_max), crop, seed),
-            "ours_scale_jitter": lambda: _our_loader(samples, batch_size, seed, scale_min=scale_min,
-                                                     scale_max=scale_max, crop_size=crop),
-            "ours_scale_jitter_worker": lambda: _WorkerShare(_our_loader(samples, batch_size, seed, scale_min=scale_min,
-                                                                         scale_max=scale_max, crop_size=crop)),
-            "reference_scale_jitter_uint8": lambda: _reference_loader(root, batch_size, (scale_min, scale_max), crop,
-                                                                      seed, uint8=True),
-            "ours_gpu_path_worker": lambda: _GpuPathWorkerShare(_our_loader(samples, batch_size, seed,
-                                                                            scale_min=scale_min, scale_max=scale_max,
-                                                                            crop_size=crop)),
             "ours_random_resized_crop": lambda: _our_loader(samples, batch_size, seed, train_transform="random_resized_crop",
                                                             scale_min=crop, scale_max=crop, crop_size=crop,
                                                             colour_shift=0.0, normalize="mean_std"),
+            "reference_scale_jitter": lambda: _reference_loader(root, batch_size, (scale_min, scale_max), crop, seed),
+            "ours_scale_jitter": lambda: _our_loader(samples, batch_size, seed, scale_min=scale_min,
+                                                     scale_max=scale_max, crop_size=crop),
+            "reference_scale_jitter_uint8": lambda: _reference_loader(root, batch_size, (scale_min, scale_max), crop,
+                                                                      seed, uint8=True),
+            "ours_scale_jitter_worker": lambda: _WorkerShare(_our_loader(samples, batch_size, seed, scale_min=scale_min,
+                                                                         scale_max=scale_max, crop_size=crop)),
+            "ours_gpu_path_worker": lambda: _GpuPathWorkerShare(_our_loader(samples, batch_size, seed,
+                                                                            scale_min=scale_min, scale_max=scale_max,
+                                                                            crop_size=crop)),
             "decode_only": lambda: _DecodeOnly(samples, batch_size),
         }
         # Warm-up: imports, first decodes (page cache) for every pipeline.
@@ -166,6 +174,9 @@ def run_data_pipeline_bench(images: int = 400, batch_size: int = 32, rounds: int
             "images_per_s_per_worker": {k: round(v, 1) for k, v in median.items()},
             "rounds": per_round,
             "ratio_vs_reference": {k: round(median[k] / median[ref], 2) for k, ref in REFERENCE_OF.items()},
+            # ours / its reference in each round (timed one after the other): median, min, max
+            "ratio_per_round": {k: _spread([a / b for a, b in zip(per_round[k], per_round[ref])])
+                                for k, ref in REFERENCE_OF.items()},
             "setup": {"images": images, "size": "500x375", "jpeg_quality": 90,
                       "mean_file_kb": round(sum(sizes) / len(sizes) / 1000, 1), "batch_size": batch_size,
                       "scale": [scale_min, scale_max], "crop": crop, "threads": threads, "rounds": rounds},

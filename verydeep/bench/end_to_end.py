@@ -7,10 +7,16 @@ Variants (``variants``, comma-separated):
   workers, prefetch and pinned memory as ours) feeding torchvision's VGG in the plain AMP loop
   of ``reference.ReferenceStep`` (cudnn.benchmark on).
 - ``reference+timm``: the stronger reference, as timm users run it: timm's loader (its
-  ``RandomResizedCrop`` + flip, uint8 batches normalised on the device by its prefetcher;
+  ``RandomResizedCrop`` + flip, uint8 batches normalized on the device by its prefetcher;
   colour jitter off, so it does no more work than the plain reference) feeding the same model
   in channels_last with bf16 and cudnn.benchmark. Where timm is not installed its loader is
-  emulated (torchvision transforms to uint8, normalised on the device), and the notes say so.
+  emulated (torchvision transforms to uint8, normalized on the device), and the notes say so.
+- ``reference+jitter`` / ``reference+timm+jitter``: the same with our transform written the
+  usual torchvision way (``Resize(S)``, S uniform in [scale_min, scale_max] per image,
+  ``RandomCrop``, flip; float32 normalized in the workers, or uint8 normalized on the device),
+  so that transform choice and implementation are not mixed in one ratio. Ours' headline
+  ratio is against the strongest reference doing our transform (``reference+timm+jitter``
+  where measured; ``train_step.reference_names``).
 - ``ours``: ``verydeep.data.build_train_loader`` (the paper's scale jittering S in
   [scale_min, scale_max], crop, flip, colour shift; Pillow in the workers) feeding the
   training loop's step (``train_step.OurStep``); ``ours+gpudecode``: the same loader with
@@ -20,9 +26,12 @@ Variants (``variants``, comma-separated):
 The timing is sustained: each variant's loader runs one long pass over the generated files,
 cycled (``verydeep.bench.jpeg_files``: ImageNet-like, about 110 KB at 500x375), ``warmup``
 batches untimed (at least 2 x workers: worker start-up and the first prefetched batches),
-then ``repeats`` windows of ``steps`` batches back to back, each longer than what the workers
-can have prefetched (workers x prefetch), so a loader that cannot keep up shows; the figure is
-the median window.
+then ``repeats`` windows of at least ``steps`` batches and ``min_seconds`` back to back, each
+longer than what the workers can have prefetched (workers x prefetch), so a loader that cannot
+keep up shows; the figure is the median window. The headline reference is timed again after
+the others (``drift``: its second figure over its first). Each step's loss stays on the device
+and is read once at the end: ``nonfinite_losses`` counts the inf/NaN ones (a corrupted batch
+shows there first).
 """
 
 from __future__ import annotations
@@ -51,6 +60,8 @@ from verydeep.bench.common import (
 from verydeep.data.config import IMAGENET_MEAN, IMAGENET_STD
 
 E2E_OPTIONS = ("gpudecode",)  # on top of train_step's options
+E2E_REFERENCE_OPTIONS = ("timm", "jitter")
+MAX_RATE = 20_000  # images/s no run here reaches: sizes the file passes a window of min_seconds may need
 
 
 @dataclass
@@ -71,14 +82,16 @@ class E2EBenchConfig:
     repeats: int = 2  # timed windows, back to back; the figure is their median
     device: str = "auto"
     amp: str = "auto"
-    variants: str = "reference,reference+timm,ours,ours+gpudecode"
+    variants: str = "reference,reference+timm,reference+timm+jitter,ours,ours+gpudecode"
     data_dir: str | None = None
     seed: int = 0
+    min_seconds: float = 0.0  # each timed window lasts at least this long (the GPU run: 5 s)
+    tf32: bool = True  # on CUDA, for every variant alike
 
     @classmethod
     def for_gpu(cls, **overrides) -> "E2EBenchConfig":
         return replace(cls(width=1.0, batch_size=256, images=4096, classes=16, workers=15, steps=40,
-                           repeats=2, device="cuda"), **overrides)
+                           repeats=2, device="cuda", min_seconds=5.0), **overrides)
 
 
 @dataclass(frozen=True)
@@ -87,10 +100,11 @@ class TimingPlan:
     steps: int  # batches per window
     windows: int
     cycles: int  # passes over the file list the loader needs
+    max_steps: int = 0  # batches a window may take (min_seconds at MAX_RATE)
 
     @property
     def batches(self) -> int:
-        return self.warmup + self.steps * self.windows
+        return self.warmup + max(self.steps, self.max_steps) * self.windows
 
 
 def timing_plan(cfg: E2EBenchConfig, n_images: int) -> TimingPlan:
@@ -106,7 +120,8 @@ def timing_plan(cfg: E2EBenchConfig, n_images: int) -> TimingPlan:
                          f"step, not the loader; use more --steps")
     if cfg.repeats < 1:
         raise ValueError("at least one timed window (--repeats)")
-    plan = TimingPlan(warmup, cfg.steps, cfg.repeats, 1)
+    max_steps = max(cfg.steps, math.ceil(cfg.min_seconds * MAX_RATE / cfg.batch_size))
+    plan = TimingPlan(warmup, cfg.steps, cfg.repeats, 1, max_steps)
     return replace(plan, cycles=math.ceil(plan.batches * cfg.batch_size / max(1, n_images)))
 
 
@@ -141,17 +156,38 @@ def _data_loader(dataset, cfg: E2EBenchConfig, device: torch.device, **kwargs):
                       generator=torch.Generator().manual_seed(cfg.seed), **kwargs)
 
 
-def reference_loader(root: Path, cfg: E2EBenchConfig, device: torch.device, cycles: int):
-    """ImageFolder + RandomResizedCrop + flip + ToTensor + Normalize, through a DataLoader."""
+class RandomScale:
+    """torchvision's way to our scale jittering: the shorter side resized to S, S uniform in
+    [lo, hi] per image (Pillow bilinear, antialiased, as ``T.Resize``)."""
+
+    def __init__(self, lo: int, hi: int) -> None:
+        self.lo, self.hi = lo, hi
+
+    def __call__(self, img):
+        from torchvision.transforms import functional as TF
+
+        return TF.resize(img, int(torch.randint(self.lo, self.hi + 1, ()).item()))
+
+
+def _reference_geometry(cfg: E2EBenchConfig, jitter: bool) -> list:
+    from torchvision import transforms as T
+
+    if jitter:
+        return [RandomScale(cfg.scale_min, cfg.scale_max), T.RandomCrop(cfg.crop_size), T.RandomHorizontalFlip()]
+    return [T.RandomResizedCrop(cfg.crop_size), T.RandomHorizontalFlip()]
+
+
+def reference_loader(root: Path, cfg: E2EBenchConfig, device: torch.device, cycles: int, jitter: bool = False):
+    """ImageFolder + RandomResizedCrop (``jitter``: our scale jittering) + flip + ToTensor +
+    Normalize, through a DataLoader."""
     from torchvision import datasets, transforms as T
 
-    tf = T.Compose([T.RandomResizedCrop(cfg.crop_size), T.RandomHorizontalFlip(), T.ToTensor(),
-                    T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    tf = T.Compose([*_reference_geometry(cfg, jitter), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     return _data_loader(Repeated(datasets.ImageFolder(str(root / "train"), transform=tf), cycles), cfg, device)
 
 
-class DeviceNormalised:
-    """uint8 batches from ``loader`` as normalised float32 on ``device`` (timm's prefetcher's job)."""
+class DeviceNormalized:
+    """uint8 batches from ``loader`` as normalized float32 on ``device`` (timm's prefetcher's job)."""
 
     def __init__(self, loader, device: torch.device) -> None:
         self.loader, self.device = loader, device
@@ -164,16 +200,25 @@ class DeviceNormalised:
             yield images, labels.to(self.device, non_blocking=True)
 
 
-def timm_loader(root: Path, cfg: E2EBenchConfig, device: torch.device, cycles: int):
-    """(loader, note): timm's training loader, or its emulation where timm is not installed."""
+def _uint8_loader(root: Path, cfg: E2EBenchConfig, device: torch.device, cycles: int, jitter: bool):
+    """timm's loader emulated: torchvision transforms to uint8, normalized on the device."""
+    from torchvision import datasets, transforms as T
+
+    tf = T.Compose([*_reference_geometry(cfg, jitter), T.PILToTensor()])
+    dataset = Repeated(datasets.ImageFolder(str(root / "train"), transform=tf), cycles)
+    return DeviceNormalized(_data_loader(dataset, cfg, device), device)
+
+
+def timm_loader(root: Path, cfg: E2EBenchConfig, device: torch.device, cycles: int, jitter: bool = False):
+    """(loader, note): timm's training loader, or its emulation where timm is not installed;
+    ``jitter``: our scale jittering (timm has no such transform: its loader's way of handing
+    uint8 batches over, normalized on the device, with torchvision's transforms)."""
+    if jitter:
+        return _uint8_loader(root, cfg, device, cycles, True), "S jitter via torchvision, uint8 normalized on device"
     try:
         from timm.data import ImageDataset, create_loader
     except ImportError:
-        from torchvision import datasets, transforms as T
-
-        tf = T.Compose([T.RandomResizedCrop(cfg.crop_size), T.RandomHorizontalFlip(), T.PILToTensor()])
-        dataset = Repeated(datasets.ImageFolder(str(root / "train"), transform=tf), cycles)
-        return DeviceNormalised(_data_loader(dataset, cfg, device), device), "timm not installed: its loader emulated"
+        return _uint8_loader(root, cfg, device, cycles, False), "timm not installed: its loader emulated"
     import timm
 
     wanted = dict(input_size=(3, cfg.crop_size, cfg.crop_size), batch_size=cfg.batch_size, is_training=True,
@@ -186,13 +231,18 @@ def timm_loader(root: Path, cfg: E2EBenchConfig, device: torch.device, cycles: i
 
 
 def our_loader(root: Path, cfg: E2EBenchConfig, device: torch.device, cycles: int, decode: str = "cpu"):
+    """Our training loader as a run on ``device`` builds it: its memory format, and bf16
+    batches where the step autocasts to bf16."""
     from verydeep.data import DataConfig, build_train_loader, discover
+    from verydeep.runtime import build_runtime
 
     dcfg = DataConfig(root=str(root), scale_min=cfg.scale_min, scale_max=cfg.scale_max, crop_size=cfg.crop_size,
                       workers=cfg.workers, prefetch_factor=cfg.prefetch, persistent_workers=False,
                       index_cache=str(root / ".index"), decode=decode)
+    runtime = build_runtime(device, cfg.amp)  # as the training run sets its loader up
     loader = build_train_loader(dcfg, discover(dcfg).train * cycles, cfg.batch_size, seed=cfg.seed, device=device,
-                                channels_last=device.type == "cuda")
+                                channels_last=runtime.channels_last,
+                                dtype=torch.bfloat16 if runtime.amp_dtype is torch.bfloat16 else torch.float32)
     note = "" if decode == "cpu" or loader.decoder is not None else "GPU decoding unavailable: CPU path"
     return loader, note
 
@@ -216,20 +266,20 @@ def _variant(name: str, root: Path, cfg: E2EBenchConfig, device: torch.device, p
     """(step, loader, note) of one variant."""
     from verydeep.bench.train_step import OPTIONS, OurStep, RefStep, parse_variant
 
-    base, opts = parse_variant(name, OPTIONS + E2E_OPTIONS)
+    base, opts = parse_variant(name, OPTIONS + E2E_OPTIONS, E2E_REFERENCE_OPTIONS)
     if base == "reference":
-        step = RefStep(tcfg, device, opts)
+        step = RefStep(tcfg, device, opts - {"jitter"})
         if "timm" in opts:
-            return (step, *timm_loader(root, cfg, device, plan.cycles))
-        return step, reference_loader(root, cfg, device, plan.cycles), ""
+            return (step, *timm_loader(root, cfg, device, plan.cycles, "jitter" in opts))
+        return step, reference_loader(root, cfg, device, plan.cycles, "jitter" in opts), ""
     step = OurStep(tcfg, device, opts - set(E2E_OPTIONS))
     return (step, *our_loader(root, cfg, device, plan.cycles, "gpu" if "gpudecode" in opts else "cpu"))
 
 
 def _measure(name: str, root: Path, cfg: E2EBenchConfig, device: torch.device, plan: TimingPlan, tcfg):
-    """(images/s of each window, peak memory MB, note) of one variant."""
+    """(images/s of each window, peak memory MB, note, non-finite losses) of one variant."""
     torch.manual_seed(cfg.seed)
-    with backend_flags(device, benchmark=True, tf32=name.startswith("ours")):
+    with backend_flags(device, benchmark=True, tf32=cfg.tf32):
         step, loader, note = _variant(name, root, cfg, device, plan, tcfg)
         batches = iter(loader)
 
@@ -239,8 +289,9 @@ def _measure(name: str, root: Path, cfg: E2EBenchConfig, device: torch.device, p
 
         reset_peak_memory(device)
         _, _, rates = time_steps(one_step, device=device, steps=plan.steps, warmup=plan.warmup,
-                                 repeats=plan.windows, images_per_step=cfg.batch_size)
-        return rates, peak_memory_mb(device), note
+                                 repeats=plan.windows, images_per_step=cfg.batch_size,
+                                 min_seconds=cfg.min_seconds, max_steps=plan.max_steps)
+        return rates, peak_memory_mb(device), note, step.nonfinite()
 
 
 def _time_variant(name: str, root: Path, cfg: E2EBenchConfig, device: torch.device, plan: TimingPlan, tcfg):
@@ -252,13 +303,15 @@ def _time_variant(name: str, root: Path, cfg: E2EBenchConfig, device: torch.devi
     return measured
 
 
-def run_e2e_bench(cfg: E2EBenchConfig) -> list[BenchResult]:
+def run_e2e_bench(cfg: E2EBenchConfig, progress=None) -> list[BenchResult]:
+    """Every variant of ``cfg.variants``, then the headline reference again; ``progress`` (if
+    given) gets the rows so far after each variant."""
     from verydeep.bench.train_step import OPTIONS, TrainBenchConfig, parse_variant, reference_names
     from verydeep.models import create_model
 
     device = resolve_device(cfg.device)
     names = [v.strip() for v in cfg.variants.split(",") if v.strip()]
-    parsed = [(v, *parse_variant(v, OPTIONS + E2E_OPTIONS)) for v in names]
+    parsed = [(v, *parse_variant(v, OPTIONS + E2E_OPTIONS, E2E_REFERENCE_OPTIONS)) for v in names]
     with tempfile.TemporaryDirectory(prefix="verydeep-e2e-") as tmp:
         root = ensure_jpegs(cfg, Path(cfg.data_dir) if cfg.data_dir else Path(tmp))
         n_images, n_classes, kb = _file_stats(root)
@@ -269,20 +322,43 @@ def run_e2e_bench(cfg: E2EBenchConfig) -> list[BenchResult]:
                                 amp=cfg.amp, seed=cfg.seed)
         macs = forward_macs(create_model(cfg.model, num_classes=num_classes, width=cfg.width,
                                          head_size=max(1, cfg.crop_size // 32)), cfg.crop_size)
-        measured = {name: _time_variant(name, root, cfg, device, plan, tcfg) for name in names}
-    references = reference_names(parsed)
+        facts = (n_images, kb, plan, macs)
+        measured = {}
+        for name in names:
+            measured[name] = _time_variant(name, root, cfg, device, plan, tcfg)
+            if progress is not None:
+                progress(_e2e_results(cfg, parsed, measured, {}, facts))
+        references = reference_names(parsed)
+        drift = {}
+        if references and len(names) > 1:  # the headline reference again, last: how far the machine moved
+            again = _time_variant(references[0], root, cfg, device, plan, tcfg)[0]
+            drift[references[0]] = statistics.median(again) / statistics.median(measured[references[0]][0])
+    return _e2e_results(cfg, parsed, measured, drift, facts)
+
+
+def _e2e_results(cfg: E2EBenchConfig, parsed, measured: dict, drift: dict, facts) -> list[BenchResult]:
+    """One row per variant measured so far."""
+    from verydeep.bench.train_step import reference_names
+
+    n_images, kb, plan, macs = facts
+    references = reference_names([p for p in parsed if p[0] in measured])
     results = []
-    for name, base, _ in parsed:
-        rates, memory, note = measured[name]
+    for name, base, opts in parsed:
+        if name not in measured:
+            continue
+        rates, memory, note, nonfinite = measured[name]
         ips = statistics.median(rates)
-        transform = "RandomResizedCrop" if base == "reference" else f"S in [{cfg.scale_min}, {cfg.scale_max}]"
+        jitter = base == "ours" or "jitter" in opts
+        transform = f"S in [{cfg.scale_min}, {cfg.scale_max}]" if jitter else "RandomResizedCrop"
         results.append(BenchResult(
             bench="e2e", variant=name, images_per_s=ips, ms_per_step=1000 * cfg.batch_size / ips,
             batch_size=cfg.batch_size, peak_memory_mb=memory, tflops=training_tflops(macs, ips), samples=rates,
             reference=references[0] if base == "ours" and references else None,
-            references=references if base == "ours" else [],
+            references=references if base == "ours" else [], drift=drift.get(name), nonfinite_losses=nonfinite,
             notes=f"{n_images} JPEGs ({kb:.0f} KB average) cycled {plan.cycles}x; {transform}, crop "
                   f"{cfg.crop_size}; {cfg.workers} workers, prefetch {cfg.prefetch}; warm-up {plan.warmup} "
-                  f"batches, {plan.windows} windows of {plan.steps} batches" + (f"; {note}" if note else ""),
+                  f"batches, {plan.windows} windows of {plan.steps} batches" + (f"; {note}" if note else "")
+                  + (f"; windows of >= {cfg.min_seconds:g} s" if cfg.min_seconds else "")
+                  + f"; TF32 {'on' if cfg.tf32 else 'off'} (all variants)",
         ))
     return results

@@ -2,7 +2,7 @@
 
 Ours: ``verydeep.evaluate.protocols`` as the evaluator calls them (centre crop of the training
 size, dense over the whole image rescaled to Q, the 5x5 grid x flips of multi-crop), with
-their own precision and memory-format choices (bf16 and channels_last on CUDA). Every image
+the runtime policy's precision and memory format (bf16 on CUDA; channels_last on CUDA and CPU). Every image
 also sees its flip, as in the paper. Images are 4:3 (ImageNet's typical 500x375) with the
 shorter side Q; an image counts once however many crops it takes.
 
@@ -52,6 +52,7 @@ class EvalBenchConfig:
     reference: bool = True
     aspect: float = 4 / 3  # width / height; the shorter side is Q
     seed: int = 0
+    min_seconds: float = 0.0  # each timed window lasts at least this long
 
     def __post_init__(self) -> None:
         check_image_side(self.crop_size, "crop_size")
@@ -60,7 +61,7 @@ class EvalBenchConfig:
     @classmethod
     def for_gpu(cls, **overrides) -> "EvalBenchConfig":
         return replace(cls(width=1.0, crop_size=224, scales="256,384,512", batch_size=32, crop_batch=400,
-                           steps=10, warmup=3, repeats=3, device="cuda"), **overrides)
+                           steps=10, warmup=3, repeats=2, device="cuda", min_seconds=2.0), **overrides)
 
 
 def _scales(text: str) -> list[int]:
@@ -132,11 +133,14 @@ def reference_multicrop(model, images, crop, amp, crop_batch=None) -> torch.Tens
 
 # --- the benchmark ----------------------------------------------------------------------------
 
-def run_eval_bench(cfg: EvalBenchConfig) -> list[BenchResult]:
+def run_eval_bench(cfg: EvalBenchConfig, progress=None) -> list[BenchResult]:
+    """Ours and the reference per protocol and Q; ``progress`` (if given) gets the rows so far
+    after each case."""
     from verydeep.bench.reference import reference_model
     from verydeep.evaluate.crops import crops_per_image
     from verydeep.evaluate.protocols import center, dense_scores, multicrop
     from verydeep.models import create_model
+    from verydeep.runtime import build_runtime
 
     device = resolve_device(cfg.device)
     amp = torch.bfloat16 if device.type == "cuda" else None  # what the protocols use
@@ -146,9 +150,9 @@ def run_eval_bench(cfg: EvalBenchConfig) -> list[BenchResult]:
             raise ValueError(f"unknown protocol {p!r}; choose from {', '.join(METHODS)}")
     head = max(1, cfg.crop_size // 32)
     torch.manual_seed(cfg.seed)
-    ours = create_model(cfg.model, num_classes=cfg.num_classes, width=cfg.width, head_size=head).to(device).eval()
-    if device.type == "cuda":
-        ours.to(memory_format=torch.channels_last)
+    runtime = build_runtime(device)  # the policy every evaluation runs under (memory format, AMP)
+    ours = runtime.prepare_model(create_model(cfg.model, num_classes=cfg.num_classes, width=cfg.width,
+                                              head_size=head)).eval()
     ref = None
     if cfg.reference:
         ref = reference_model(cfg.model, num_classes=cfg.num_classes, width=cfg.width, head_size=head)
@@ -169,15 +173,15 @@ def run_eval_bench(cfg: EvalBenchConfig) -> list[BenchResult]:
         images = torch.randn(cfg.batch_size, 3, h, w, generator=gen).to(device)
         if protocol == "center":
             macs = 2 * crop_macs
-            ours_fn = lambda: center(ours, images)
+            ours_fn = lambda: center(ours, images, runtime=runtime)
             ref_fn = lambda: reference_center(ref, images, amp)
         elif protocol == "dense":
             macs = 2 * dense_macs(ours, h, w)
-            ours_fn = lambda: dense_scores(ours, images)
+            ours_fn = lambda: dense_scores(ours, images, runtime=runtime)
             ref_fn = lambda: reference_dense(ref, images, amp)
         else:
             macs = crops_per_image() * crop_macs
-            ours_fn = lambda: multicrop(ours, images, cfg.crop_size, crop_batch=cfg.crop_batch)
+            ours_fn = lambda: multicrop(ours, images, cfg.crop_size, crop_batch=cfg.crop_batch, runtime=runtime)
             ref_fn = lambda: reference_multicrop(ref, images, cfg.crop_size, amp, cfg.crop_batch)
         label = "center 224-crop" if protocol == "center" and cfg.crop_size == 224 else (
             f"center {cfg.crop_size}-crop" if protocol == "center" else f"{protocol} Q={q}")
@@ -189,7 +193,8 @@ def run_eval_bench(cfg: EvalBenchConfig) -> list[BenchResult]:
             for who, fn in runs:
                 reset_peak_memory(device)
                 _, _, window = time_steps(fn, device=device, steps=cfg.steps, warmup=cfg.warmup if r == 0 else 0,
-                                          repeats=1, images_per_step=cfg.batch_size)
+                                          repeats=1, images_per_step=cfg.batch_size,
+                                          min_seconds=cfg.min_seconds)
                 rates[who] += window
                 mem[who] = max(mem[who], peak_memory_mb(device))
         for who, _ in runs:
@@ -203,4 +208,6 @@ def run_eval_bench(cfg: EvalBenchConfig) -> list[BenchResult]:
             ))
         del images
         gc.collect()
+        if progress is not None:
+            progress(list(results))
     return results

@@ -1,6 +1,6 @@
 """Training throughput of each parallel mode on this machine's CPUs (gloo), 1 vs N processes.
 
-    verydeep bench parallel [--model A --width 0.25 --crop 64 --batch-size 32 --steps 8]
+    verydeep bench parallel [--model A --width 0.25 --crop-size 64 --batch-size 32 --steps 8]
 
 Each mode runs ``steps`` timed SGD steps (after 2 warm-up steps) of the same global batch
 through :func:`verydeep.parallel.strategy.build_strategy`, on synthetic tensors. Each process
@@ -96,7 +96,9 @@ def _worker(rank: int, world: int, port: int, threads: int, mode: dict, cfg: Par
 
 
 def run_mode(world: int, mode: dict, cfg: ParallelBenchConfig) -> float:
-    ctx = mp.get_context("spawn")
+    # fork on a CPU: the ranks start in milliseconds instead of importing torch again (seconds
+    # each, tens on a loaded machine: what made the section time out); spawn where CUDA is used
+    ctx = mp.get_context("fork" if cfg.device == "cpu" and "fork" in mp.get_all_start_methods() else "spawn")
     q = ctx.Queue()
     threads = cfg.threads
     port = _port()
@@ -132,8 +134,9 @@ def parallel_modes(cfg: ParallelBenchConfig) -> list[tuple[str, int, dict]]:
     ]
 
 
-def run_parallel_bench(cfg: ParallelBenchConfig, echo=print) -> list[dict]:
-    """Images/s of the global batch in every mode; ``echo`` gets the Markdown table line by line."""
+def run_parallel_bench(cfg: ParallelBenchConfig, echo=print, progress=None) -> list[dict]:
+    """Images/s of the global batch in every mode; ``echo`` gets the Markdown table line by line,
+    ``progress`` (if given) the rows so far after each mode."""
     echo(f"net {cfg.model} width {cfg.width}, {cfg.crop}x{cfg.crop}, global batch {cfg.batch}, "
          f"{cfg.steps} timed steps, {cfg.threads} thread(s) per process, device {cfg.device} ({cfg.backend}), "
          f"amp {cfg.amp}; {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}; "
@@ -147,4 +150,6 @@ def run_parallel_bench(cfg: ParallelBenchConfig, echo=print) -> list[dict]:
             ips, error = None, str(e).splitlines()[0]
         rows.append({"mode": name, "processes": world, "images_per_s": ips, "error": error})
         echo(f"| {name} | {world} | {'FAILED: ' + error if error else f'{ips:.1f}'} |")
+        if progress is not None:
+            progress(list(rows))
     return rows

@@ -70,6 +70,7 @@ class ReferenceStep:
             model.to(memory_format=torch.channels_last)
         self.read_every = TIMM_LOG_INTERVAL if timm else 1
         self.loss_sum, self.steps = 0.0, 0
+        self.losses: list[torch.Tensor] = []  # the benchmark's own record, read after timing
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         images = images.to(self.device, non_blocking=True)
@@ -83,5 +84,6 @@ class ReferenceStep:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.steps += 1
+        self.losses.append(loss.detach())
         if self.steps % self.read_every == 0:
             self.loss_sum += loss.item()

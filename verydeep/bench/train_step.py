@@ -19,7 +19,15 @@ Variants (``variants``, comma-separated):
   or guard, so not through ``train_step``; implies nosync and slices, CUDA only, no fp16 loss
   scaling), ``cl`` / ``nocl`` (channels_last on / off: ``ours+nocl`` shows channels_last's share).
 
-Both sides see the same shapes, classes and precision; inputs already sit on the device.
+Both sides see the same shapes, classes, precision and TF32 setting (``tf32``, on by default:
+what torchvision's reference script and our runs set on CUDA); inputs already sit on the
+device. Each ratio of ours is stated against every reference measured; the headline one
+(``reference``) is the strongest reference, ``reference+timm``, where it was measured. Every
+window lasts at least ``min_seconds``; on CUDA, where variants are timed one after the other,
+the headline reference is timed again at the end and ``drift`` (its second figure over its
+first) shows how much the machine moved in between. With ``profile_steps`` each variant also
+gets a ``torch.profiler`` summary (``verydeep.bench.step_profile``). The losses are kept on the
+device and read once after timing: ``nonfinite_losses`` counts the inf/NaN ones.
 """
 
 from __future__ import annotations
@@ -72,6 +80,10 @@ class TrainBenchConfig:
     accum: int = 1  # micro-batches per step (gradient accumulation)
     variants: str = "reference,ours"
     seed: int = 0
+    min_seconds: float = 0.0  # each timed window lasts at least this long (the GPU run: 5 s)
+    tf32: bool = True  # TF32 matmuls and convolutions on CUDA, for every variant alike
+    profile_steps: int = 0  # > 0: a torch.profiler summary of that many steps per variant
+    compile_backend: str = "inductor"  # the 'compile' option's (aot_eager: traces, builds no kernels)
     # None: on CPU, where other processes share the cores, each variant is rebuilt and timed
     # once per round, ``repeats`` rounds, so load that comes and goes hits every variant alike;
     # on CUDA each variant is built once and timed ``repeats`` windows in a row.
@@ -81,23 +93,33 @@ class TrainBenchConfig:
     def for_gpu(cls, **overrides) -> TrainBenchConfig:
         """The paper's setting: VGG16 at 224, batch 256."""
         return replace(cls(width=1.0, image_size=224, batch_size=256, steps=20, warmup=5, repeats=3,
-                           device="cuda"), **overrides)
+                           device="cuda", min_seconds=5.0, profile_steps=10), **overrides)
 
 
-def parse_variant(name: str, ours_options: tuple[str, ...] = OPTIONS) -> tuple[str, set[str]]:
+def parse_variant(name: str, ours_options: tuple[str, ...] = OPTIONS,
+                  reference_options: tuple[str, ...] = REFERENCE_OPTIONS) -> tuple[str, set[str]]:
     base, *opts = name.strip().split("+")
     if base not in ("ours", "reference"):
         raise ValueError(f"unknown variant {name!r}: 'reference', 'reference+timm', 'ours' or 'ours+OPTION' "
                          f"({', '.join(ours_options)})")
-    allowed = ours_options if base == "ours" else REFERENCE_OPTIONS
+    allowed = ours_options if base == "ours" else reference_options
     if set(opts) - set(allowed):
         raise ValueError(f"variant {name!r}: options of {base!r} must be among {', '.join(allowed)}")
     return base, set(opts)
 
 
 def reference_names(parsed: list[tuple[str, str, set[str]]]) -> list[str]:
-    """The reference variants measured, the plain one first: each of ours is compared with each."""
-    return sorted((name for name, base, _ in parsed if base == "reference"), key=len)
+    """The reference variants measured, the headline one first: the strongest (timm-style),
+    doing ours' transform where there is a choice (``jitter``); each of ours is compared with each."""
+    refs = [(name, opts) for name, base, opts in parsed if base == "reference"]
+    return [name for name, _ in sorted(refs, key=lambda r: (-("timm" in r[1]), -("jitter" in r[1]), len(r[0])))]
+
+
+def count_nonfinite(losses: list[torch.Tensor]) -> int:
+    """How many of the steps' losses (device scalars, read here once) are inf or NaN."""
+    if not losses:
+        return 0
+    return int((~torch.isfinite(torch.stack([loss.detach().float().reshape(()) for loss in losses]))).sum())
 
 
 def forward_backward_slices(net, images, labels, accum, amp, loss_scale, loss_fn, *,
@@ -159,7 +181,7 @@ class OurStep:
         self.device = self.runtime.device
         self.model = self.runtime.prepare_model(_our_model(cfg, device))
         if "compile" in opts:
-            self.model.compile()
+            self.model.compile(backend=cfg.compile_backend)
         self.strategy = build_strategy(self.model, ParallelConfig(), DistInfo(device=self.device),
                                        crop_size=cfg.image_size, accum=cfg.accum)
         self.optimizer = _our_optimizer(self.strategy.local_module, device, "foreach" in opts)
@@ -170,7 +192,7 @@ class OurStep:
         self.step_strategy = self.strategy
         if "slices" in opts:
             self.step_strategy = BareMicroBatches(self.strategy, self.model, cfg.accum)
-        self.loss_sum = torch.zeros((), device=device)
+        self.losses: list[torch.Tensor] = []  # on the device; read once, after timing
         self.step_count = 0
         self.graph = None
 
@@ -182,7 +204,7 @@ class OurStep:
         labels = labels.to(self.device, non_blocking=True)
         loss, _ = train_step(self.step_strategy, self.optimizer, self.scaler, self.schedule, images, labels,
                              step=self.step_count, settings=self.settings)
-        self.loss_sum += loss
+        self.losses.append(loss.detach())
         self.step_count += 1
 
     def _graph_body(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -199,7 +221,7 @@ class OurStep:
         self.static_images.copy_(images, non_blocking=True)
         self.static_labels.copy_(labels, non_blocking=True)
         self.graph.replay()
-        self.loss_sum += self.static_loss
+        self.losses.append(self.static_loss.clone())
         self.step_count += 1
 
     def _capture(self, images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -219,11 +241,13 @@ class OurStep:
             self.static_loss = self._graph_body(self.static_images, self.static_labels)
             self.optimizer.step()
 
-    def finish(self) -> float:
-        return float(self.loss_sum) / max(1, self.step_count)
+    def nonfinite(self) -> int:
+        return count_nonfinite(self.losses)
 
 
 class RefStep:
+    """The reference's step (``reference.ReferenceStep``); ``timm`` in ``opts``: the stronger one."""
+
     def __init__(self, cfg: TrainBenchConfig, device: torch.device, opts: set[str] = frozenset()) -> None:
         self.model = reference_model(cfg.model, num_classes=cfg.num_classes, width=cfg.width,
                                      head_size=max(1, cfg.image_size // 32)).to(device)
@@ -233,9 +257,41 @@ class RefStep:
     def __call__(self, images, labels) -> None:
         self.step(images, labels)
 
+    def nonfinite(self) -> int:
+        return count_nonfinite(self.step.losses)
 
-def run_train_bench(cfg: TrainBenchConfig) -> list[BenchResult]:
-    """Every variant of ``cfg.variants``; one at a time, each torn down before the next."""
+
+def _build(name_base_opts, cfg: TrainBenchConfig, device: torch.device):
+    _, base, opts = name_base_opts
+    return OurStep(cfg, device, opts) if base == "ours" else RefStep(cfg, device, opts)
+
+
+def _time_once(parsed_variant, cfg: TrainBenchConfig, device: torch.device, images, labels, windows: int,
+               profile: bool) -> tuple[list[float], float, int, dict | None]:
+    """(images/s per window, peak memory MB, non-finite losses, profile) of one variant built afresh."""
+    from verydeep.bench.step_profile import step_profile
+
+    torch.manual_seed(cfg.seed)
+    # cudnn.benchmark for every side (what users set); one TF32 setting for all
+    with backend_flags(device, benchmark=True, tf32=cfg.tf32):
+        step = _build(parsed_variant, cfg, device)
+        reset_peak_memory(device)
+        _, _, rates = time_steps(functools.partial(step, images, labels), device=device, steps=cfg.steps,
+                                 warmup=cfg.warmup, repeats=windows, images_per_step=cfg.batch_size,
+                                 min_seconds=cfg.min_seconds)
+        memory = peak_memory_mb(device)
+        nonfinite = step.nonfinite()
+        prof = step_profile(functools.partial(step, images, labels), device, cfg.profile_steps) if profile else None
+    del step
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rates, memory, nonfinite, prof
+
+
+def run_train_bench(cfg: TrainBenchConfig, progress=None) -> list[BenchResult]:
+    """Every variant of ``cfg.variants``; one at a time, each torn down before the next.
+    ``progress`` (if given) gets the rows so far after each variant is timed."""
     device = resolve_device(cfg.device)
     variants = [v.strip() for v in cfg.variants.split(",") if v.strip()]
     parsed = [(v, *parse_variant(v)) for v in variants]
@@ -246,34 +302,46 @@ def run_train_bench(cfg: TrainBenchConfig) -> list[BenchResult]:
     interleave = device.type == "cpu" if cfg.interleave is None else cfg.interleave
     rounds, windows = (cfg.repeats, 1) if interleave else (1, cfg.repeats)
     samples: dict[str, list[float]] = {name: [] for name, _, _ in parsed}
-    ms: dict[str, list[float]] = {name: [] for name, _, _ in parsed}
     mem: dict[str, float] = {}
-    for _ in range(rounds):
-        for name, base, opts in parsed:
-            torch.manual_seed(cfg.seed)
-            ours = base == "ours"
-            # cudnn.benchmark for every side (what users set); TF32 matmuls as each ships
-            with backend_flags(device, benchmark=True, tf32=ours):
-                step = OurStep(cfg, device, opts) if ours else RefStep(cfg, device, opts)
-                reset_peak_memory(device)
-                _, _, rates = time_steps(functools.partial(step, images, labels), device=device, steps=cfg.steps,
-                                         warmup=cfg.warmup, repeats=windows, images_per_step=cfg.batch_size)
-                mem[name] = max(mem.get(name, 0.0), peak_memory_mb(device))
+    nonfinite: dict[str, int] = {name: 0 for name, _, _ in parsed}
+    profiles: dict[str, dict] = {}
+    for r in range(rounds):
+        for variant in parsed:
+            name = variant[0]
+            rates, memory, bad, prof = _time_once(variant, cfg, device, images, labels, windows,
+                                                  profile=cfg.profile_steps > 0 and r == rounds - 1)
             samples[name] += rates
-            ms[name] += [1000 * cfg.batch_size / r for r in rates]
-            del step
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    results = []
+            mem[name] = max(mem.get(name, 0.0), memory)
+            nonfinite[name] += bad
+            if prof:
+                profiles[name] = prof
+            if progress is not None:  # rows so far, for a caller that writes them as they come
+                progress(_train_results(cfg, parsed, samples, mem, nonfinite, profiles, {}, macs, interleave))
     references = reference_names(parsed)
-    for name, base, _ in parsed:
+    drift = {}
+    if references and not interleave and len(parsed) > 1:  # the headline reference again, last
+        again, _, _, _ = _time_once(next(p for p in parsed if p[0] == references[0]), cfg, device, images, labels,
+                                    windows, profile=False)
+        drift[references[0]] = statistics.median(again) / statistics.median(samples[references[0]])
+    return _train_results(cfg, parsed, samples, mem, nonfinite, profiles, drift, macs, interleave)
+
+
+def _train_results(cfg: TrainBenchConfig, parsed, samples, mem, nonfinite, profiles, drift, macs,
+                   interleave: bool) -> list[BenchResult]:
+    """One row per variant timed so far."""
+    done = [(name, base) for name, base, _ in parsed if samples[name]]
+    references = reference_names([p for p in parsed if samples[p[0]]])
+    results = []
+    for name, base in done:
         ips = statistics.median(samples[name])
         results.append(BenchResult(
-            bench="train", variant=name, images_per_s=ips, ms_per_step=statistics.median(ms[name]),
+            bench="train", variant=name, images_per_s=ips, ms_per_step=1000 * cfg.batch_size / ips,
             batch_size=cfg.batch_size, peak_memory_mb=mem[name], tflops=training_tflops(macs, ips),
             samples=samples[name], reference=references[0] if base == "ours" and references else None,
-            references=references if base == "ours" else [],
-            notes=f"{cfg.model} width {cfg.width:g} at {cfg.image_size}px, amp {cfg.amp}",
+            references=references if base == "ours" else [], drift=drift.get(name),
+            nonfinite_losses=nonfinite[name], profile=profiles.get(name),
+            notes=f"{cfg.model} width {cfg.width:g} at {cfg.image_size}px, amp {cfg.amp}, TF32 "
+                  f"{'on' if cfg.tf32 else 'off'} (all variants), windows of >= {cfg.min_seconds:g} s"
+                  + (", interleaved rounds" if interleave else ""),
         ))
     return results

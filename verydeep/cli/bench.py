@@ -21,6 +21,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="timed steps per window")
     p.add_argument("--warmup", type=int, help="untimed steps before timing")
     p.add_argument("--repeats", type=int, help="timed windows; the figure is their median")
+    p.add_argument("--min-seconds", type=float,
+                   help="each timed window lasts at least this long (paper preset: 5; small preset: 0)")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (0: torch's default). One thread keeps CPU timings steady "
                         "when other processes share the cores")
@@ -49,6 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                       "with OPTION among compile, foreach, nosync, slices, graphs, cl, nocl "
                                       "(default reference,ours)")
     t.add_argument("--compile", action="store_true", help="add the ours+compile variant")
+    t.add_argument("--compile-backend", help="of the compile option (inductor; aot_eager: no kernels built)")
+    t.add_argument("--profile", type=int, metavar="STEPS",
+                   help="a torch.profiler summary of STEPS steps per variant (paper preset: 10; 0: none)")
     t.set_defaults(func=run_train)
 
     e = bsub.add_parser("eval", help="center / dense / multi-crop evaluation images/s at several Q")
@@ -74,8 +79,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--scale-max", type=int, help="(paper: 512)")
     add_amp(x, default=None, default_text="the preset's")
     x.add_argument("--prefetch", type=int, help="batches each worker keeps ready (both sides; default 2)")
-    x.add_argument("--variants", help="comma-separated: reference, reference+timm, ours, ours+gpudecode, "
-                                      "ours+OPTION (default: those four)")
+    x.add_argument("--variants", help="comma-separated: reference[+timm][+jitter: our transform], ours, "
+                                      "ours+gpudecode, ours+OPTION (default: all but reference+jitter)")
     x.set_defaults(func=run_e2e)
 
     d = bsub.add_parser("data", help="data pipeline alone: images/s per worker, ours vs torchvision")
@@ -125,7 +130,8 @@ def _overrides(args, mapping: dict[str, str]) -> dict:
     return out
 
 
-_RUN_ARGS = {"device": "device", "steps": "steps", "warmup": "warmup", "repeats": "repeats"}
+_RUN_ARGS = {"device": "device", "steps": "steps", "warmup": "warmup", "repeats": "repeats",
+             "min_seconds": "min_seconds"}
 
 
 def _config(cls, args, extra: dict[str, str]):
@@ -141,7 +147,8 @@ def train_config(args):
 
     cfg = _config(TrainBenchConfig, args, {"model": "model", "width": "width", "batch_size": "batch_size",
                                            "crop_size": "image_size", "amp": "amp", "accum": "accum",
-                                           "variants": "variants"})
+                                           "variants": "variants", "profile": "profile_steps",
+                                           "compile_backend": "compile_backend"})
     if getattr(args, "compile", False) and "ours+compile" not in cfg.variants.split(","):
         cfg = dataclasses.replace(cfg, variants=cfg.variants + ",ours+compile")
     return cfg
@@ -197,8 +204,28 @@ def _finish(args, device, results, configs: dict) -> int:
         Path(args.markdown).write_text(table)
     if args.json:
         cfgs = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in configs.items()}
-        emit_json(to_json(results, peak=peak, machine=machine, config={**cfgs, "argv": sys.argv[1:]}), args.json)
+        emit_json({**to_json(results, peak=peak, machine=machine, config={**cfgs, "argv": sys.argv[1:]}),
+                   "complete": True}, args.json)
     return 0
+
+
+def _progress(args, device, configs: dict):
+    """A callback writing the rows so far to ``--json`` (marked ``"complete": false``), so a
+    run cut short (a time-out) keeps what it measured; None without a JSON file."""
+    if not args.json or args.json == "-":
+        return None
+    from verydeep.bench.common import machine_info
+    from verydeep.bench.report import attach_ratios, to_json
+
+    machine = machine_info(device)
+    cfgs = {k: dataclasses.asdict(v) for k, v in configs.items()}
+
+    def write(rows) -> None:
+        attach_ratios(rows)
+        emit_json({**to_json(rows, machine=machine, config={**cfgs, "argv": sys.argv[1:]}), "complete": False},
+                  args.json)
+
+    return write
 
 
 def run_train(args) -> int:
@@ -206,7 +233,7 @@ def run_train(args) -> int:
 
     device = _setup(args)
     cfg = train_config(args)
-    return _finish(args, device, run_train_bench(cfg), {"train": cfg})
+    return _finish(args, device, run_train_bench(cfg, _progress(args, device, {"train": cfg})), {"train": cfg})
 
 
 def run_eval(args) -> int:
@@ -214,7 +241,7 @@ def run_eval(args) -> int:
 
     device = _setup(args)
     cfg = eval_config(args)
-    return _finish(args, device, run_eval_bench(cfg), {"eval": cfg})
+    return _finish(args, device, run_eval_bench(cfg, _progress(args, device, {"eval": cfg})), {"eval": cfg})
 
 
 def run_e2e(args) -> int:
@@ -222,7 +249,7 @@ def run_e2e(args) -> int:
 
     device = _setup(args)
     cfg = e2e_config(args)
-    return _finish(args, device, run_e2e_bench(cfg), {"e2e": cfg})
+    return _finish(args, device, run_e2e_bench(cfg, _progress(args, device, {"e2e": cfg})), {"e2e": cfg})
 
 
 def _data_results(args, device):
@@ -246,8 +273,18 @@ def _data_results(args, device):
         rows.append(BenchResult(bench="data", variant=name, images_per_s=ips, ms_per_step=1000 * batch / ips,
                                 batch_size=batch, peak_memory_mb=peak_memory_mb(device),
                                 samples=report["rounds"][name], reference=refs.get(name),
-                                notes="images/s per worker (one process, one thread)"))
+                                notes="images/s per worker (one process, one thread)" + _round_ratios(report, name)))
     return rows
+
+
+def _round_ratios(report: dict, name: str) -> str:
+    from verydeep.bench.data_pipeline import REFERENCE_OF
+
+    spread = report["ratio_per_round"].get(name)
+    if not spread:
+        return ""
+    return (f"; ours / {REFERENCE_OF[name]} per round: median {spread['median']:.2f}x, "
+            f"{spread['min']:.2f}-{spread['max']:.2f}x")
 
 
 def run_data(args) -> int:
@@ -262,9 +299,13 @@ def run_parallel(args) -> int:
                               steps=args.steps, world=args.devices, microbatches=args.microbatches,
                               threads=args.threads, timeout=args.timeout, device=args.device,
                               backend=args.backend, amp=args.amp)
-    rows = run_parallel_bench(cfg, echo=lambda line: print(line, flush=True))
-    if args.json:
-        emit_json({"config": dataclasses.asdict(cfg), "results": rows}, args.json)
+    def write(rows: list[dict], complete: bool) -> None:  # after every mode: a time-out keeps the rows
+        if args.json:
+            emit_json({"config": dataclasses.asdict(cfg), "results": rows, "complete": complete}, args.json)
+
+    rows = run_parallel_bench(cfg, echo=lambda line: print(line, flush=True),
+                              progress=lambda rows: write(rows, False))
+    write(rows, True)
     return 1 if any(row["error"] for row in rows) else 0
 
 

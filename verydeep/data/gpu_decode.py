@@ -6,7 +6,7 @@ sample's choices (S, crop box, flip, colour alphas: :func:`~verydeep.data.transf
 and :func:`~verydeep.data.transforms.draw_geometry`, the very draws of the CPU path, from the
 same seeded generator). The training process then decodes the batch with nvJPEG
 (``torchvision.io.decode_jpeg(list, device="cuda")``) and crops, resizes, flips, shifts the
-colour and normalises on the device (:class:`DeviceDecoder`). A sample is therefore the same
+colour and normalizes on the device (:class:`DeviceDecoder`). A sample is therefore the same
 sample wherever it was decoded: the same crop box, flip and shift always, and the same pixels
 to within a level or two (two JPEG decoders, and floating-point resampling against Pillow's
 fixed point; see ``tests/data/test_gpu_data_path.py``) wherever Pillow decodes at full size.
@@ -21,20 +21,38 @@ whether they are readable, and the CPU path replaces them as it would). A file t
 decoder rejects after all is redone on the CPU path in the training process.
 
 The resize is Pillow's: for each output pixel the antialiased triangle ("bilinear") filter
-over the box, its support widened by the downscale factor, weights normalised to sum 1
+over the box, its support widened by the downscale factor, weights normalized to sum 1
 (:func:`filter_taps`), applied as two matrix products (horizontal pass first, rounded to
 whole levels between the passes, as Pillow's 8-bit resampler does).
+
+Streams (:class:`DecodeAhead`, :class:`SideStream`). ``torchvision.io.decode_jpeg(list,
+device="cuda")`` allocates its outputs on the caller's current stream and writes them from its
+own decoder stream, which does not wait for the caller's stream first (pytorch/vision PR
+#9606). Called on the compute stream while a training step is queued there, it can write into
+blocks the caching allocator took back from that step's tensors and the step's queued kernels
+still read: corrupted images and activations. So the decoding never runs on the compute
+stream. A thread decodes batch k+1 while the training step of batch k runs, on a dedicated
+side stream that does nothing else: before each decode the thread waits (on the host, off the
+training thread) until the side stream is idle, so every block the decoder can be handed is
+free of queued work; blocks the compute stream still uses are not handed out, as every tensor
+passed to it is ``record_stream``-ed on it. The host-to-device copies and the resampling run on
+the side stream too; the compute stream waits on an event recorded after them, so it never
+reads a batch before it is complete. ``verydeep.bench.gpu_data_check`` compares the batches
+with the CPU path's while training kernels are queued. On a CPU the same code runs in program
+order (:class:`InlineStream`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import logging
 import math
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -203,7 +221,7 @@ CpuSample = Callable[[int, int], tuple[np.ndarray, np.ndarray, int]]
 
 
 class DeviceDecoder:
-    """Turns an :class:`EncodedBatch` into the loader's (normalised float32 images
+    """Turns an :class:`EncodedBatch` into the loader's (normalized float32 images
     [B, 3, crop, crop] on ``device``, labels), decoding the JPEGs on ``device``.
 
     Nothing in here waits for the device: the batch's small tensors go over once each from
@@ -212,8 +230,8 @@ class DeviceDecoder:
     a device tensor."""
 
     def __init__(self, crop: int, mean: torch.Tensor, std: torch.Tensor, device: torch.device,
-                 channels_last: bool = False) -> None:
-        self.crop, self.device, self.channels_last = crop, torch.device(device), channels_last
+                 channels_last: bool = False, dtype: torch.dtype = torch.float32) -> None:
+        self.crop, self.device, self.channels_last, self.dtype = crop, torch.device(device), channels_last, dtype
         # on the device once: no pageable host-to-device copy per batch
         self.mean, self.std = mean.to(self.device), std.to(self.device)
 
@@ -235,7 +253,8 @@ class DeviceDecoder:
         for position, crop in redone:  # rare: files the device decoder rejected
             images[position] = torch.tensor(crop).to(self.device).permute(2, 0, 1).float()
         images = torch.where(on["flip_mask"].view(-1, 1, 1, 1), images.flip(-1), images)
-        return normalize_(images, on["shifts"], self.mean, self.std), on["labels"]
+        images = normalize_(images, on["shifts"], self.mean, self.std)
+        return (images if self.dtype == torch.float32 else images.to(self.dtype)), on["labels"]
 
     def _decode(self, batch: EncodedBatch, cpu_sample: CpuSample) -> tuple[list, list]:
         """The batch's JPEGs on the device ([3, h, w] uint8 each, None where redone on the CPU
@@ -330,7 +349,7 @@ def device_decoding_problem(device: torch.device) -> str | None:
 
 
 def device_decoder(cfg: DataConfig, device: torch.device, mean: torch.Tensor, std: torch.Tensor,
-                   channels_last: bool = False) -> DeviceDecoder | None:
+                   channels_last: bool = False, dtype: torch.dtype = torch.float32) -> DeviceDecoder | None:
     """The decoder ``data.decode: gpu`` asks for, or None (and a warning saying why) when
     ``device`` cannot decode JPEGs: the CPU path then serves the run."""
     device = torch.device(device)
@@ -341,4 +360,94 @@ def device_decoder(cfg: DataConfig, device: torch.device, mean: torch.Tensor, st
     if device.type != "cuda":
         log.warning("data.decode=gpu on %s: the training process decodes with torchvision's CPU decoder "
                     "(a check of the GPU path's arithmetic; the workers are faster at it)", device)
-    return DeviceDecoder(cfg.crop_size, mean, std, device, channels_last)
+    return DeviceDecoder(cfg.crop_size, mean, std, device, channels_last, dtype)
+
+
+# ----------------------------------------------------------------------------- overlap
+
+
+class InlineStream:
+    """A CPU's stand-in for :class:`SideStream`: everything in program order, nothing to wait for."""
+
+    def side(self):
+        return contextlib.nullcontext()
+
+    def before_decode(self) -> None:
+        pass
+
+    def hand_over(self):
+        return None
+
+    def receive(self, handover, tensors: Iterable[torch.Tensor]) -> None:
+        pass
+
+
+class SideStream:
+    """A dedicated CUDA stream for the decoding, the copies and the resampling (see the module doc)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self.stream = torch.cuda.Stream(self.device)
+
+    def side(self):
+        """Make the side stream current (in the calling thread) on its device."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.cuda.device(self.device))
+        stack.enter_context(torch.cuda.stream(self.stream))
+        return stack
+
+    def before_decode(self) -> None:
+        """Wait until the side stream is idle: the decoder's own stream does not wait for it."""
+        self.stream.synchronize()
+
+    def hand_over(self) -> torch.cuda.Event:
+        """An event after everything queued on the side stream so far (a batch's last kernel)."""
+        event = torch.cuda.Event()
+        event.record(self.stream)
+        return event
+
+    def receive(self, handover: torch.cuda.Event, tensors: Iterable[torch.Tensor]) -> None:
+        """The compute (current) stream waits for the batch; its tensors stay allocated until
+        the compute stream's queued work on them is done."""
+        current = torch.cuda.current_stream(self.device)
+        current.wait_event(handover)
+        for t in tensors:
+            if t.is_cuda:
+                t.record_stream(current)
+
+
+def side_stream(device: torch.device) -> InlineStream | SideStream:
+    device = torch.device(device)
+    return SideStream(device) if device.type == "cuda" else InlineStream()
+
+
+def decode_ahead(items: Iterable, prepare: Callable[[object], tuple], stream: InlineStream | SideStream,
+                 uses_decoder: Callable[[object], bool] = lambda item: True) -> Iterator[tuple]:
+    """``prepare(item)`` for each of ``items``, one ahead: a thread fetches and prepares the
+    next item on ``stream``'s side stream while the caller uses the current one. ``prepare``
+    returns a tuple whose tensors the caller's stream receives (waits for, ``record_stream``);
+    ``uses_decoder(item)``: whether ``prepare`` decodes with torchvision (wait for an idle side
+    stream first). Items come out in order; an exception in the thread comes out where its item
+    would have."""
+    source = iter(items)
+    done = object()
+
+    def job():
+        item = next(source, done)
+        if item is done:
+            return done, None
+        with stream.side():
+            if uses_decoder(item):
+                stream.before_decode()
+            out = prepare(item)
+            return out, stream.hand_over()
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verydeep-decode") as pool:
+        pending = pool.submit(job)
+        while True:
+            out, handover = pending.result()
+            if out is done:
+                return
+            pending = pool.submit(job)  # the next batch, while the caller trains on this one
+            stream.receive(handover, [t for t in out if isinstance(t, torch.Tensor)])
+            yield out

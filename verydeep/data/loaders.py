@@ -36,7 +36,8 @@ from verydeep.data.augment import BatchMix, ImageAugment, batch_mix_enabled, ima
 from verydeep.data.config import DataConfig
 from verydeep.data.decode import image_size
 from verydeep.data.errors import BadImageError, DataError
-from verydeep.data.gpu_decode import DeviceDecoder, EncodedBatch, EncodedBatchBuilder, device_decoder, read_encoded
+from verydeep.data.gpu_decode import (DeviceDecoder, EncodedBatch, EncodedBatchBuilder, decode_ahead, device_decoder,
+                                      read_encoded, side_stream)
 from verydeep.data.index_cache import default_cache_dir
 from verydeep.data.transforms import (eval_geometry, load_eval_image, normalization, normalize_, to_normalized_batch,
                                       train_sample)
@@ -143,10 +144,12 @@ class TrainBatches(Dataset):
 
 
 def normalize_batch(images: torch.Tensor, shifts: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                    device: torch.device | str = "cpu", channels_last: bool = False) -> torch.Tensor:
+                    device: torch.device | str = "cpu", channels_last: bool = False,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 NHWC batch + per-image RGB shifts -> float32 [B, 3, H, W] on ``device``,
     normalized by :func:`~verydeep.data.transforms.normalize_` (the arithmetic of every other
-    batch of the project).
+    batch of the project), then cast to ``dtype`` (bf16 for a step that autocasts to bf16: the
+    values its first convolution would have cast them to).
 
     The uint8 batch is copied to the device first; the conversion writes straight into the
     requested memory format (channels_last: NHWC is already that layout, a plain conversion)."""
@@ -157,7 +160,8 @@ def normalize_batch(images: torch.Tensor, shifts: torch.Tensor, mean: torch.Tens
         out.copy_(x)
     else:  # transpose the bytes first: a strided uint8 -> float copy is the slow way round
         out = x.contiguous().float()
-    return normalize_(out, shifts, mean, std)
+    out = normalize_(out, shifts, mean, std)
+    return out if dtype == torch.float32 else out.to(dtype)
 
 
 class _BatchSampler(Sampler):
@@ -176,13 +180,17 @@ class _BatchSampler(Sampler):
 class TrainLoader:
     """Iterable over ``(images, labels, bad)`` batches of one epoch from ``start_batch``;
     ``len()`` is the number of batches it yields (batches_per_epoch - start_batch). Images
-    come normalized, float32, on ``device`` (by the workers for a CPU device, on the device
-    otherwise); labels on ``device`` too. :meth:`set_epoch` moves it to another epoch or batch."""
+    come normalized, ``dtype`` (float32 unless asked), on ``device`` (by the workers for a CPU
+    device, on the device otherwise); labels on ``device`` too. On CUDA, and on the GPU data
+    path anywhere, batch k+1 is copied, decoded and normalized on a side stream, in a thread,
+    while batch k is used (:func:`~verydeep.data.gpu_decode.decode_ahead`). :meth:`set_epoch`
+    moves it to another epoch or batch."""
 
     def __init__(self, dataset: TrainBatches, epoch: int, start_batch: int, loader: DataLoader | None,
                  sampler: _BatchSampler | None, device: torch.device | str = "cpu", channels_last: bool = False,
-                 mix: BatchMix | None = None, decoder: DeviceDecoder | None = None):
-        self.dataset, self.mix, self.decoder = dataset, mix, decoder
+                 mix: BatchMix | None = None, decoder: DeviceDecoder | None = None,
+                 dtype: torch.dtype = torch.float32):
+        self.dataset, self.mix, self.decoder, self.dtype = dataset, mix, decoder, dtype
         self.batches_per_epoch = len(dataset)
         self._loader, self._sampler = loader, sampler
         self.device, self.channels_last = torch.device(device), channels_last
@@ -200,12 +208,13 @@ class TrainLoader:
         return max(0, self.batches_per_epoch - self.start_batch)
 
     def _raw(self):
+        """The workers' batches; the DataLoader's iterator is made here, in the calling thread
+        (the main one: it installs the worker-failure handler there), even when a decode-ahead
+        thread then draws from it."""
         if self._loader is None:
-            for b in range(self.start_batch, self.batches_per_epoch):
-                yield self.dataset[(self.epoch, b)]
-            return
+            return (self.dataset[(self.epoch, b)] for b in range(self.start_batch, self.batches_per_epoch))
         self._sampler.epoch, self._sampler.start = self.epoch, self.start_batch
-        yield from self._loader
+        return iter(self._loader)
 
     def _on_device(self, item) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """A worker's batch as normalized float32 images and labels on the device."""
@@ -217,13 +226,20 @@ class TrainLoader:
             images = images.to(self.device, non_blocking=True)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
+            images = images if self.dtype == torch.float32 else images.to(self.dtype)
         else:
-            images = normalize_batch(images, shifts, self._mean, self._std, self.device, self.channels_last)
+            images = normalize_batch(images, shifts, self._mean, self._std, self.device, self.channels_last,
+                                     self.dtype)
         return images, labels.to(self.device, non_blocking=True), bad
 
+    def _batches(self):
+        if self.device.type != "cuda" and self.decoder is None:
+            return map(self._on_device, self._raw())  # the workers did it all
+        return decode_ahead(self._raw(), self._on_device, side_stream(self.device),
+                            uses_decoder=lambda item: isinstance(item, EncodedBatch))
+
     def __iter__(self):
-        for b, item in enumerate(self._raw(), self.start_batch):
-            images, labels, bad = self._on_device(item)
+        for b, (images, labels, bad) in enumerate(self._batches(), self.start_batch):
             if self.mix is not None:  # MixUp / CutMix: labels become class probabilities [B, K]
                 images, labels = self.mix(images, labels, seed=self.dataset.seed, epoch=self.epoch, batch=b,
                                           rank=self.dataset.rank)
@@ -238,7 +254,7 @@ def _as_is(item):
 def build_train_loader(cfg: DataConfig, samples: Sequence[tuple[str, int]], batch_size: int, *, seed: int,
                        epoch: int = 0, start_batch: int = 0, rank: int = 0, world_size: int = 1,
                        device: torch.device | str = "cpu", channels_last: bool = False,
-                       num_classes: int | None = None) -> TrainLoader:
+                       num_classes: int | None = None, dtype: torch.dtype = torch.float32) -> TrainLoader:
     """Batches of ``(images float32 [B, 3, crop, crop] normalized, labels int64 [B], bad paths)``
     for ``epoch``, starting at batch ``start_batch`` (later epochs: ``set_epoch``), images and
     labels on ``device`` (workers decode and crop; for an accelerator the conversion to float
@@ -246,7 +262,8 @@ def build_train_loader(cfg: DataConfig, samples: Sequence[tuple[str, int]], batc
     process; the last incomplete global batch is dropped so every rank has the same number of
     batches. With ``cfg.workers > 0`` and ``cfg.persistent_workers`` the workers are started
     once and serve every epoch. With ``cfg.mixup_alpha`` or ``cfg.cutmix_alpha`` the labels are
-    class probabilities [B, ``num_classes``] instead (``verydeep.data.augment``)."""
+    class probabilities [B, ``num_classes``] instead (``verydeep.data.augment``). ``dtype``:
+    the images' (bf16 where the step autocasts to bf16; the CPU path's workers hand float32)."""
     device = torch.device(device)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -254,7 +271,7 @@ def build_train_loader(cfg: DataConfig, samples: Sequence[tuple[str, int]], batc
         raise ValueError(f"rank {rank} outside world_size {world_size}")
     if not samples:
         raise DataError("no training samples")
-    decoder = _device_decoder(cfg, device, channels_last) if cfg.decode == "gpu" else None
+    decoder = _device_decoder(cfg, device, channels_last, dtype) if cfg.decode == "gpu" else None
     dataset = TrainBatches(cfg, samples, batch_size, seed, rank, world_size, raw=device.type != "cpu",
                            encoded=decoder is not None)
     loader = sampler = None
@@ -269,17 +286,18 @@ def build_train_loader(cfg: DataConfig, samples: Sequence[tuple[str, int]], batc
         if not num_classes:
             raise ValueError("data.mixup_alpha / data.cutmix_alpha need the number of classes (num_classes)")
         mix = BatchMix(cfg, num_classes)
-    return TrainLoader(dataset, epoch, start_batch, loader, sampler, device, channels_last, mix, decoder)
+    return TrainLoader(dataset, epoch, start_batch, loader, sampler, device, channels_last, mix, decoder, dtype)
 
 
-def _device_decoder(cfg: DataConfig, device: torch.device, channels_last: bool) -> DeviceDecoder | None:
+def _device_decoder(cfg: DataConfig, device: torch.device, channels_last: bool,
+                    dtype: torch.dtype = torch.float32) -> DeviceDecoder | None:
     """``data.decode: gpu``'s decoder, or None where the CPU path must serve (said in the log)."""
     if image_augment_enabled(cfg):  # RandAugment & co. work on the worker's decoded crops
         log.warning("data.decode=gpu: data.auto_augment / data.random_erasing run in the loader workers on "
                     "decoded images; the workers decode on the CPU")
         return None
     mean, std = normalization(cfg)
-    return device_decoder(cfg, device, mean, std, channels_last)
+    return device_decoder(cfg, device, mean, std, channels_last, dtype)
 
 
 def available_cores() -> int:

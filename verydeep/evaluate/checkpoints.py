@@ -1,7 +1,7 @@
 """Nets to evaluate: our checkpoints, exported files or torchvision/Caffe VGG state dicts.
 
 An ``EvalNet`` is a model plus what evaluation needs besides weights: the preprocessing it
-was trained with (normalisation, training crop, training scale S; a ``DataConfig``), and the
+was trained with (normalization, training crop, training scale S; a ``DataConfig``), and the
 class ids it predicts, with names.
 
 - Our training checkpoints (``RUN_DIR`` = ``RUN_DIR/best.pt``, or a ``.pt`` file) carry the
@@ -132,7 +132,7 @@ def load_eval_net(path: str | Path, *, caffe_bgr: bool = False, ema: bool = Fals
 
 
 def as_eval_nets(items, data_cfg=None, *, caffe_bgr: bool = False) -> list[EvalNet]:
-    """Normalise one or several VGGs / paths / EvalNets to a list of EvalNets.
+    """Normalize one or several VGGs / paths / EvalNets to a list of EvalNets.
 
     A bare VGG takes its preprocessing from ``data_cfg`` and predicts in the dataset's order.
     """

@@ -56,7 +56,7 @@ def group_by_preprocessing(nets: list[EvalNet]) -> list[list[int]]:
 
 
 def loader_config(data_cfg, net: EvalNet):
-    """The dataset's loader settings with the net's own preprocessing (normalisation, crop)."""
+    """The dataset's loader settings with the net's own preprocessing (normalization, crop)."""
     if data_cfg is None:
         return net.data
     keep = {k: getattr(net.data, k) for k in net.preprocessing_keys if hasattr(data_cfg, k)}

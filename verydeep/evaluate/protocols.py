@@ -37,6 +37,12 @@ PROTOCOL_METHODS = {"center": ("center",), "dense": ("dense",), "multicrop": ("m
 # fixed-size vector of class scores", then softmax. Averaging per-location posteriors is the
 # alternative ("posteriors").
 DENSE_AVERAGE = "scores"
+# Multi-crop on a CPU: at most this many crop pixels (crops x crop^2) per forward pass. One
+# pass over a whole batch's crops (200 crops of 64 px for 4 images) ran at 0.6-0.9x the
+# reference, which passes one image's 50 crops at a time: the activations outgrow the CPU's
+# caches. 2^19 pixels (128 crops of 64 px, 512 of 32 px, 10 of 224 px) measured fastest for
+# the demo's and the mini profile's nets (BENCHMARKS.md, "Evaluation on CPU").
+CPU_CROP_PIXELS = 2 ** 19
 
 
 def check_protocol(protocol: str) -> str:
@@ -127,16 +133,25 @@ def multicrop(model: VGG, images: torch.Tensor, crop: int, *, flip: bool = True,
               crop_batch: int | None = None, runtime: Runtime | None = None) -> torch.Tensor:
     """Multi-crop evaluation: mean posterior [B, K] over the grid x flip crops of each image.
 
-    The crops of several images are concatenated and run ``crop_batch`` at a time (default:
-    all crops of the batch in one forward pass).
+    The crops of several images are concatenated and run at most ``crop_batch`` at a time
+    (default: all crops of the batch in one forward pass; see :func:`crops_per_pass`).
     """
     b = images.shape[0]
     per = crops_per_image(grid, flip)
     crops = multicrop_grid(images, crop, grid, flip).flatten(0, 1)  # [B * per, C, crop, crop]
-    step = crop_batch or crops.shape[0]
+    step = crops_per_pass(crops.shape[0], crop, images.device, crop_batch)
     probs = torch.cat([_forward(model, crops[i: i + step], runtime).softmax(dim=1)
                        for i in range(0, crops.shape[0], step)])
     return probs.view(b, per, -1).mean(dim=1)
+
+
+def crops_per_pass(n: int, crop: int, device: torch.device, crop_batch: int | None = None) -> int:
+    """Crops per forward pass for ``n`` crops of ``crop`` px: ``crop_batch`` (default all
+    ``n``), and on a CPU no more than :data:`CPU_CROP_PIXELS` worth."""
+    step = min(n, crop_batch or n)
+    if torch.device(device).type == "cpu":
+        step = min(step, max(1, CPU_CROP_PIXELS // (crop * crop)))
+    return max(1, step)
 
 
 def posteriors(method: str, model: VGG, images: torch.Tensor, *, crop: int, flip: bool = True,

@@ -93,6 +93,15 @@ class Runtime:
             model.to(memory_format=torch.channels_last)
         return model
 
+    def batch_dtype(self, *, whole_model: bool = True) -> torch.dtype:
+        """The dtype training batches come in: bf16 when the step autocasts to bf16 on CUDA
+        (the values the first convolution would cast them to, at half the bytes to move), for
+        a process that runs the whole model (data parallelism); float32 otherwise (pipeline and
+        tensor-parallel stages hand on activations in the dtype their input has)."""
+        if whole_model and self.device.type == "cuda" and self.amp_dtype == torch.bfloat16:
+            return torch.bfloat16
+        return torch.float32
+
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` on this device, in this memory format."""
         x = x.to(self.device, non_blocking=True)

@@ -272,7 +272,9 @@ def _build(cfg: Config, folder: RunFolder, dist: DistInfo, splits: Splits) -> tu
         loader=build_train_loader(cfg.data, splits.train, per_process, seed=cfg.train.seed,
                                   rank=strategy.data_rank, world_size=strategy.data_world,
                                   device=runtime.device, channels_last=runtime.channels_last,
-                                  num_classes=len(splits.classes)),
+                                  num_classes=len(splits.classes),
+                                  dtype=runtime.batch_dtype(whole_model=not cfg.parallel.pipeline_stages > 1
+                                                            and not cfg.parallel.tensor_parallel_fc)),
         steps_per_epoch=steps_per_epoch,
         max_steps=min(cfg.train.epochs * steps_per_epoch, cfg.train.max_iterations or math.inf),
         val_batch_size=cfg.train.val_batch_size or per_process, folder=folder, ema=ema,

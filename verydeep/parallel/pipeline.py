@@ -183,7 +183,9 @@ class StageModule(nn.Module):
                 x = torch.flatten(self.avgpool(x), 1)
             if self.classifier is not None:
                 x = self.classifier(x)
-        return x
+        # Sent to the next stage as it is: point-to-point sends need a contiguous tensor, and a
+        # channels_last activation (the runtime policy's memory format) is not one.
+        return x.contiguous()
 
 
 # --- the strategy --------------------------------------------------------------------------

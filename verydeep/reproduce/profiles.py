@@ -3,7 +3,8 @@ narrowed and shrunk for a 2-core CPU (``mini``), with every departure from the p
 
 The chain itself is the paper's (Sec. 3.1, Tables 3-6): A and A-LRN from scratch at S=256;
 B, C, D, E at S=256 from a trained A; C, D, E at S=384 from their S=256 net; C, D, E with
-scale jittering from their S=384 net. Which run starts from which is read from the recipes
+scale jittering from their S=384 net; and the ILSVRC submission's jittered D, whose FC layers
+alone were fine-tuned (Sec. 4.5), from D at S=384. Which run starts from which is read from the recipes
 (``model.init_from``, ``model.weights``), not restated here.
 """
 
@@ -14,11 +15,13 @@ from dataclasses import dataclass, field
 from verydeep.config import Config
 
 # The paper's recipes in the paper's order (Table 3, row by row; then the S=384 and jittered
-# columns, each of which starts from the column before).
+# columns, each of which starts from the column before; last the FC-only jittered D of the
+# ILSVRC submission's 7-net ensemble, Sec. 4.5).
 PAPER_CHAIN = (
     "paper_A_S256", "paper_A-LRN_S256", "paper_B_S256", "paper_C_S256", "paper_D_S256", "paper_E_S256",
     "paper_C_S384", "paper_D_S384", "paper_E_S384",
     "paper_C_multiscale", "paper_D_multiscale", "paper_E_multiscale",
+    "paper_D_multiscale_fconly",
 )
 PAPER_CROP = 224
 
@@ -60,8 +63,9 @@ class Profile:
 
 
 def column_of(recipe: str) -> str:
-    """The paper's training-scale column of a chain recipe: S256, S384 or multiscale."""
-    return recipe.rsplit("_", 1)[1]
+    """The paper's training-scale column of a chain recipe (paper_NET_COLUMN[_VARIANT]): S256,
+    S384 or multiscale."""
+    return recipe.split("_")[2]
 
 
 def net_of(recipe: str) -> str:

@@ -9,7 +9,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from verydeep.reproduce.findings import Finding
+from verydeep.reproduce.findings import ALPHA, Finding
 from verydeep.reproduce.profiles import Profile
 from verydeep.reproduce.tables import (
     COLUMN_TITLES,
@@ -75,7 +75,13 @@ def fusion_table(results: dict) -> list[str]:
 
 
 def findings_section(findings: list[Finding]) -> list[str]:
-    lines = ["| the paper's finding | evidence | here | comparisons (top-1 error, %) |", "|---|---|---|---|"]
+    lines = [(f"Each comparison: top-1 errors (%), the gap in the paper's direction, and McNemar's exact test on "
+              f"the two cells' per-image correctness (the same images); beyond noise when p < {ALPHA}. Verdicts: "
+              "held (every comparison the paper's way, beyond noise), held within noise (every one the paper's "
+              "way, some within noise), partly held, not shown (none the paper's way, all within noise), did not "
+              "hold (one against the paper, beyond noise). A \"does not help\" claim holds unless the addition "
+              "helps beyond noise."), "",
+             "| the paper's finding | evidence | here | comparisons |", "|---|---|---|---|"]
     for f in findings:
         comparisons = "; ".join(c.describe() for c in f.comparisons) or "-"
         lines.append(f"| {f.claim} | {f.where} | **{f.verdict}** | {comparisons} |")
@@ -137,7 +143,8 @@ def plot_against_paper(results: dict, paper: dict, path: Path) -> Path:
         xs, ys = [paper[k][0] for k in keys], [results[k]["top1_error"] for k in keys]
         ax.scatter(xs, ys, color=colour, label=f"Table {table}", zorder=3)
         for k, x, y in zip(keys, xs, ys):
-            label = "D+E" if k[1].startswith("D/") else ("7 nets" if k[1].startswith("7") else f"{k[1]} {k[2]}")
+            label = (f"D+E {k[1].split(', ', 1)[1]}" if k[1].startswith("D/")
+                     else ("7 nets" if k[1].startswith("7") else f"{k[1]} {k[2]}"))
             ax.annotate(label, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
     ax.set_xlabel("the paper's top-1 error (%), ILSVRC-2012 val")
     ax.set_ylabel("our top-1 error (%)")
@@ -168,7 +175,7 @@ def write_report(out_dir: Path, profile: Profile, meta: dict, results: dict, fin
             "cells": [{"table": k[0], "row": k[1], "column": k[2], "ours": row, "paper": paper.get(k)}
                       for k, row in results.items()],
             "findings": [{"claim": f.claim, "where": f.where, "verdict": f.verdict, "note": f.note,
-                          "comparisons": [{**asdict(c), "holds": c.holds, "beyond_noise": c.beyond_noise}
+                          "comparisons": [{**asdict(c), "gap": c.gap, "holds": c.holds, "beyond_noise": c.beyond_noise}
                                           for c in f.comparisons]} for f in findings],
             "runs": summary}
     js = out_dir / "report.json"

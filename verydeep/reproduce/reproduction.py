@@ -65,7 +65,9 @@ def describe_plan(req: Request, throughput: Throughput | None = None, devices: i
     for i, run in enumerate(plan, 1):
         cfg = run.config()
         start = f"{run.link}={run.depends_on}/best.pt" if run.depends_on else f"scratch ({cfg.model.init} init)"
-        line = (f"{i:2d}. {run.name:<20} net {run.net:<5} S={cfg.data.scale_min}"
+        if cfg.model.freeze_convs:
+            start += ", FC layers only"
+        line = (f"{i:2d}. {run.name:<25} net {run.net:<5} S={cfg.data.scale_min}"
                 f"{'' if cfg.data.scale_max == cfg.data.scale_min else f'-{cfg.data.scale_max}'}  from {start}; "
                 f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, lr {cfg.optim.lr:g}  [{run.status}]")
         if throughput and train_images:
@@ -109,7 +111,7 @@ def reproduce(req: Request) -> list[Path]:
     results = evaluate_cells(cells_of(req.tables), EvalSettings(
         data_root=req.data, runs_dir=req.out, eval_dir=req.out / "eval", batch_size=req.profile.eval_batch_size,
         device=req.device, progress=req.progress))
-    findings = check_findings(results.errors(), results.images)
+    findings = check_findings(results.errors(), results.correct)
     meta = _meta(req, plan, results.images, summary, time.perf_counter() - t0, time.perf_counter() - t_eval)
     return write_report(req.out, req.profile, meta, results.cells, findings, summary)
 

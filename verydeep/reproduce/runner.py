@@ -16,21 +16,43 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from verydeep.data import discover
 from verydeep.evaluate import EvalOptions, RowSpec, evaluate_rows, load_eval_net
 from verydeep.evaluate.posteriors_file import (
     fuse_saved,
     load_posteriors,
+    sample_order,
     save_posteriors,
 )
 from verydeep.reproduce.chain import DONE, INTERRUPTED, PlannedRun, run_status
 from verydeep.reproduce.tables import Cell, Eval, evaluations_by_run
 from verydeep.runtime import build_runtime
+from verydeep.topk import topk_hits
 from verydeep.train.loop import train
 
 log = logging.getLogger(__name__)
 
 RUN_RECORD = "reproduce.json"  # in each run folder: {"train_seconds": ...}
+# In each cached row: top-1 correct per validation image ("1"/"0", the data's image order),
+# what the findings' paired tests read.
+CORRECT = "top1_correct"
+
+
+def correct_string(hits) -> str:
+    return "".join("1" if h else "0" for h in hits.tolist())
+
+
+def fused_correct(fused: torch.Tensor, items) -> list[bool]:
+    """Top-1 correct per image of fused posteriors (``fuse_saved``'s, in the first item's image
+    order); an image undecodable in any input counts as wrong, as in the evaluator."""
+    reference = items[0]
+    hits = topk_hits(fused, reference.labels, (1,))[:, 0].bool()
+    for saved in items:
+        rows = sample_order(saved, reference)
+        hits &= ~(saved.undecodable if rows is None else saved.undecodable[rows])
+    return hits.tolist()
 
 
 def _record(run_dir: Path) -> dict:
@@ -95,7 +117,8 @@ def evaluate_run(run_dir: Path, wanted: dict[Eval, bool], settings: EvalSettings
         cached = {}
     rows = {Eval(name, r["protocol"], r["which"]): r for r in cached.get("rows", [])}
     fresh = cached.get("checkpoint") == stamp
-    if fresh and all(e in rows for e in wanted) and (posteriors.is_file() or not any(wanted.values())):
+    if (fresh and all(e in rows and CORRECT in rows[e] for e in wanted)
+            and (posteriors.is_file() or not any(wanted.values()))):
         return {e: rows[e] for e in wanted}
     net = load_eval_net(run_dir)
     data_cfg = dataclasses.replace(net.data, root=str(settings.data_root))
@@ -110,7 +133,8 @@ def evaluate_run(run_dir: Path, wanted: dict[Eval, bool], settings: EvalSettings
     log.info("%s: %d evaluations in %.0f s", name, len(evals), time.perf_counter() - t)
     if any(wanted.values()):
         save_posteriors(result, posteriors)
-    rows = {e: {**row, "which": e.scales, "posteriors_row": i} for i, (e, row) in enumerate(zip(evals, result.rows))}
+    rows = {e: {**r.row, "which": e.scales, "posteriors_row": i, CORRECT: correct_string(r.hits[:, 0])}
+            for i, (e, r) in enumerate(zip(evals, result.results))}
     settings.eval_dir.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"checkpoint": stamp, "seconds": time.perf_counter() - t,
                                  "rows": list(rows.values())}, indent=2) + "\n")
@@ -123,6 +147,7 @@ class TableResults:
 
     cells: dict[tuple[int, str, str], dict] = field(default_factory=dict)
     images: int = 0
+    correct: dict[tuple[int, str, str], list[bool]] = field(default_factory=dict)  # top-1 per image
 
     def errors(self) -> dict[tuple[int, str, str], tuple[float, float]]:
         return {k: (r["top1_error"], r["top5_error"]) for k, r in self.cells.items()}
@@ -137,10 +162,14 @@ def evaluate_cells(cells: list[Cell], settings: EvalSettings) -> TableResults:
         if cell.fused:
             files = [f"{settings.eval_dir / e.run}.posteriors.safetensors#{by_run[e.run][e]['posteriors_row']}"
                      for e in cell.evals]
-            row, _ = fuse_saved([load_posteriors(f) for f in files])
+            items = [load_posteriors(f) for f in files]
+            row, fused = fuse_saved(items)
+            correct = fused_correct(fused, items)
         else:
             (e,) = cell.evals
-            row = by_run[e.run][e]
+            row = dict(by_run[e.run][e])
+            correct = [c == "1" for c in row.pop(CORRECT)]
         out.cells[(cell.table, cell.row, cell.column)] = row
+        out.correct[(cell.table, cell.row, cell.column)] = correct
         out.images = max(out.images, row["images"])
     return out

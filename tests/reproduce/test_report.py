@@ -5,9 +5,13 @@ import json
 
 from tests.reproduce.conftest import TINY
 from verydeep.cli.main import main
+import pytest
+
+from verydeep.reproduce.estimate import round_up, wall_clock_hours
 from verydeep.reproduce.findings import VERDICTS
 from verydeep.reproduce.reproduction import Request, reproduce
 from verydeep.reproduce.tables import paper_cells
+from verydeep.runtime import build_runtime, precision_of
 
 
 def test_every_table_on_tiny_nets(tiny_data, tmp_path):
@@ -27,6 +31,10 @@ def test_every_table_on_tiny_nets(tiny_data, tmp_path):
     assert comparisons and all(0 < c["p_value"] <= 1 and c["images"] == report["cells"][0]["ours"]["images"]
                                for c in comparisons)
     assert "top1_correct" not in report["cells"][0]["ours"]
+    # the precision stated and every departure listed: model selection, the dense pooling's rounding
+    assert report["precision"].startswith("training fp32; evaluation fp32") and report["dense pooling"] == "floor"
+    whats = [d["what"] for d in report["departures"]]
+    assert any("best.pt" in w for w in whats) and any("round their output size down" in w for w in whats)
     text = (tmp_path / "report.md").read_text()
     for heading in ("Table 3", "Table 4", "Table 5", "Table 6", "findings", "Departures", "Runs"):
         assert heading in text
@@ -60,3 +68,34 @@ def test_imagenet_dry_run_prints_the_full_plan(tiny_data, tmp_path, capsys):
     assert "paper_D_multiscale_fconly" in lines[-1] and "FC layers only" in lines[-1]
     assert "from model.init_from=paper_A_S256/best.pt" in out and "4 device(s)" in out
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
+    # 8 training images, fewer than a batch of 256: rounded up, never "~0 GPU-h"
+    assert all("<= 0.1 GPU-h" in line for line in lines) and "0.0 GPU-h" not in out
+    # evaluation per table, from the protocols' MACs, in the total; wall-clock said how
+    assert all(f"evaluation, Table {t}:" in out for t in (3, 4, 5, 6))
+    assert "GPU-hours / devices / 0.9375" in out and "global" in out
+    # the precision and every departure: bf16 autocast on the GPUs by default, model selection
+    assert "precision: training bf16 autocast (fp32 weights), TF32 on" in out
+    assert "  - precision: training in bf16" in out and "  - each net is its best.pt" in out
+    assert "launch on 4 device(s): torchrun --standalone --nproc_per_node 4 -m verydeep reproduce" in out
+    # the exact run: fp32, TF32 off, no precision departure; 16 devices: one torchrun per node under SLURM
+    assert main(["reproduce", "--profile", "imagenet", "--data", str(tiny_data), "--out", str(tmp_path),
+                 "--dry-run", "--images-per-s", "1000", "--devices", "16", "--amp", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "precision: training fp32, TF32 off; evaluation fp32, TF32 off" in out
+    assert "  - precision" not in out and "pools round their output size down" not in out  # imagenet: Caffe's ceil
+    assert "srun torchrun --nnodes 2 --nproc_per_node 8" in out and "--amp none" in out.splitlines()[-1]
+
+
+def test_estimate_rounds_up_and_scales_wall_clock():
+    assert round_up(1e-6) == pytest.approx(0.1) and round_up(0.0) == 0.0 and round_up(2.01) == pytest.approx(2.1)
+    assert round_up(0.3) == pytest.approx(0.3)
+    assert wall_clock_hours(3.75, 4) == pytest.approx(1.0)  # the paper's 3.75x on 4 GPUs
+    assert wall_clock_hours(2.0, 1) == 2.0
+
+
+def test_precision_named():
+    assert precision_of("auto", "cuda") == "bf16 autocast (fp32 weights), TF32 on"
+    assert precision_of("none", "cuda") == "fp32, TF32 off"
+    assert precision_of("auto", "cpu") == "fp32"
+    runtime = build_runtime("cpu", "none")
+    assert runtime.exact_fp32 and runtime.precision() == "fp32" and not runtime.tf32

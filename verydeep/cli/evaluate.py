@@ -115,6 +115,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if not dist.is_main:  # one log under torchrun, as in training: the other ranks say only what goes wrong
         logging.getLogger("verydeep").setLevel(logging.WARNING)
     runtime = build_runtime(dist.device, args.amp)
+    runtime.apply_tf32()
+    logging.getLogger("verydeep").info("precision: %s (--amp %s)", runtime.precision(), args.amp)
     nets = [load_eval_net(c, caffe_bgr=args.caffe_bgr, ema=args.ema) for c in args.checkpoint]
     data_cfg = _eval_data(args, nets[0])
     splits = discover(data_cfg, classes=nets[0].classes)  # a val/-only folder: numbered as the net's classes

@@ -8,6 +8,10 @@ import shlex
 import sys
 from pathlib import Path
 
+from verydeep.cli.vocabulary import AMP_CHOICES
+
+DENSE_POOLING_CHOICES = ("floor", "ceil")  # verydeep.models.fully_convolutional.DENSE_POOLING; no torch import here
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reproduce", help="train the paper's chain of nets, evaluate Tables 3-6, write the report")
@@ -31,6 +35,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--devices", type=int, metavar="N",
                    help="dry run: devices to train on (default: the GPUs torch sees, at least 1)")
     p.add_argument("--device", default="auto", help="evaluation device: auto, cpu, cuda or cuda:N")
+    p.add_argument("--amp", choices=AMP_CHOICES, default="auto",
+                   help="precision of training and evaluation: auto (bf16 autocast and TF32 on CUDA, fp32 on "
+                        "CPU), none (fp32 with TF32 off: the paper's arithmetic, the exact run), bf16, fp16; "
+                        "a finished run keeps the precision it was trained in (default: %(default)s)")
+    p.add_argument("--dense-pooling", choices=DENSE_POOLING_CHOICES, default=None,
+                   help="dense evaluation's max-pool rounding: floor (PyTorch) or ceil (Caffe, the paper's tool) "
+                        "(default: the profile's: imagenet ceil, mini floor)")
     p.set_defaults(func=run_reproduce)
 
 
@@ -44,7 +55,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
     )
 
     req = Request(profile=get_profile(args.profile), data=Path(args.data), out=Path(args.out),
-                  tables=parse_tables(args.tables), device=args.device,
+                  tables=parse_tables(args.tables), device=args.device, amp=args.amp,
+                  dense_pooling=args.dense_pooling,
                   command=" ".join(["verydeep", *map(shlex.quote, sys.argv[1:])]))
     if args.dry_run:
         print(describe_plan(req, _throughput(args), _devices(args)))

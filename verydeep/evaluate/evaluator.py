@@ -321,7 +321,7 @@ class PosteriorCollector:
             model, perm = group.models[i]
             post = protocols.posteriors(p.method, model, images, crop=group.crop_size, flip=self.options.flip,
                                         dense_average=self.options.dense_average, crop_batch=self.crop_batch,
-                                        runtime=self.runtime)
+                                        runtime=self.runtime, dense_pooling=self.options.dense_pooling)
             posteriors[i] = post if perm is None else post[:, perm.to(post.device)]
         for k in keys:
             key_sum = PosteriorAverage()

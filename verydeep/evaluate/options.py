@@ -18,7 +18,8 @@ class EvalOptions:
     ``scores`` or ``posteriors`` (``protocols.dense_scores``). ``batch_size``: images per
     loader batch. ``crop_batch``: most crops per forward pass in multi-crop (the evaluator's
     default: 4 x batch_size, at least one image's crops). ``device`` and ``amp``: the runtime
-    to build (``verydeep.runtime``) when the caller passes none.
+    to build (``verydeep.runtime``) when the caller passes none. ``dense_pooling``: the dense
+    form's max-pool rounding, ``floor`` (PyTorch) or ``ceil`` (Caffe, the paper's tool).
     """
 
     flip: bool = True
@@ -28,6 +29,7 @@ class EvalOptions:
     progress: bool = True
     device: str | torch.device = "auto"
     amp: str = "auto"
+    dense_pooling: str = "floor"
 
     def runtime(self, local_rank: int = 0) -> Runtime:
         return build_runtime(self.device, self.amp, local_rank=local_rank)

@@ -73,7 +73,8 @@ def report_header(nets, given: list[str], *, data_root, images: int, scales: lis
     }
     if options is not None:
         header["options"] = {"flip": options.flip, "dense_average": options.dense_average,
-                             "device": str(options.device), "amp": options.amp}
+                             "device": str(options.device), "amp": options.amp,
+                             "precision": options.runtime().precision()}
     return header
 
 

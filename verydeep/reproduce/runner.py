@@ -28,6 +28,7 @@ from verydeep.evaluate.posteriors_file import (
 )
 from verydeep.reproduce.chain import DONE, INTERRUPTED, PlannedRun, run_status
 from verydeep.reproduce.tables import Cell, Eval, evaluations_by_run
+from verydeep.parallel.distributed import barrier, current
 from verydeep.runtime import build_runtime
 from verydeep.topk import topk_hits
 from verydeep.train.loop import train
@@ -79,11 +80,12 @@ def train_chain(plan: list[PlannedRun]) -> dict[str, dict]:
             result = train(run.config(), run.run_dir, resume="auto")
         finally:  # an interrupted attempt's time counts too
             record["train_seconds"] = record.get("train_seconds", 0.0) + time.perf_counter() - t
-            if run.run_dir.is_dir():
+            if run.run_dir.is_dir() and current().is_main:
                 (run.run_dir / RUN_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         record.update(stopped_because=result.stopped_because, best_top1_error=result.best_top1_error,
                       epochs=result.epochs_done, steps=result.steps)
-        (run.run_dir / RUN_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        if current().is_main:
+            (run.run_dir / RUN_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         summary[run.name] = {**record, "status": run.status}
         run.status = run_status(run.run_dir)
     return summary
@@ -97,6 +99,11 @@ class EvalSettings:
     batch_size: int = 32
     device: str = "auto"
     progress: bool = True
+    amp: str = "auto"  # verydeep.runtime: none = exact fp32 (TF32 off)
+    dense_pooling: str = "floor"  # dense evaluation's max-pool rounding (verydeep.models.fully_convolutional)
+
+    def runtime(self):
+        return build_runtime(self.device, self.amp, local_rank=current().local_rank)
 
 
 def _stamp(checkpoint: Path) -> list[int]:
@@ -116,7 +123,7 @@ def evaluate_run(run_dir: Path, wanted: dict[Eval, bool], settings: EvalSettings
     except (OSError, ValueError):
         cached = {}
     rows = {Eval(name, r["protocol"], r["which"]): r for r in cached.get("rows", [])}
-    fresh = cached.get("checkpoint") == stamp
+    fresh = cached.get("checkpoint") == stamp and cached.get("dense_pooling", "floor") == settings.dense_pooling
     if (fresh and all(e in rows and CORRECT in rows[e] for e in wanted)
             and (posteriors.is_file() or not any(wanted.values()))):
         return {e: rows[e] for e in wanted}
@@ -127,17 +134,24 @@ def evaluate_run(run_dir: Path, wanted: dict[Eval, bool], settings: EvalSettings
     evals = list(wanted)
     specs = [RowSpec.for_nets(e.protocol, [net.data], e.scales) for e in evals]
     t = time.perf_counter()
+    runtime = settings.runtime()
+    runtime.apply_tf32()
     result = evaluate_rows([net], data_cfg, samples, specs, classes=splits.classes,
-                           options=EvalOptions(batch_size=settings.batch_size, progress=settings.progress),
-                           runtime=build_runtime(settings.device), keep_posteriors=any(wanted.values()))
-    log.info("%s: %d evaluations in %.0f s", name, len(evals), time.perf_counter() - t)
-    if any(wanted.values()):
+                           options=EvalOptions(batch_size=settings.batch_size, progress=settings.progress,
+                                               amp=settings.amp, dense_pooling=settings.dense_pooling),
+                           runtime=runtime, keep_posteriors=any(wanted.values()))
+    log.info("%s: %d evaluations in %.0f s (%s)", name, len(evals), time.perf_counter() - t, runtime.precision())
+    main = current().is_main  # under torchrun every rank holds the whole result; rank 0 writes it
+    if any(wanted.values()) and main:
         save_posteriors(result, posteriors)
     rows = {e: {**r.row, "which": e.scales, "posteriors_row": i, CORRECT: correct_string(r.hits[:, 0])}
             for i, (e, r) in enumerate(zip(evals, result.results))}
-    settings.eval_dir.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"checkpoint": stamp, "seconds": time.perf_counter() - t,
-                                 "rows": list(rows.values())}, indent=2) + "\n")
+    if main:
+        settings.eval_dir.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"checkpoint": stamp, "seconds": time.perf_counter() - t,
+                                     "dense_pooling": settings.dense_pooling, "rows": list(rows.values())},
+                                    indent=2) + "\n")
+    barrier()  # the other ranks read the posteriors file rank 0 wrote (Table 6)
     return rows
 
 

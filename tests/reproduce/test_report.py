@@ -76,14 +76,14 @@ def test_imagenet_dry_run_prints_the_full_plan(tiny_data, tmp_path, capsys):
     # the precision and every departure: bf16 autocast on the GPUs by default, model selection
     assert "precision: training bf16 autocast (fp32 weights), TF32 on" in out
     assert "  - precision: training in bf16" in out and "  - each net is its best.pt" in out
-    assert "launch on 4 device(s): torchrun --standalone --nproc_per_node 4 -m verydeep reproduce" in out
+    assert "launch on 4 device(s): python -m verydeep.parallel.launch --standalone --nproc_per_node 4 -m verydeep reproduce" in out
     # the exact run: fp32, TF32 off, no precision departure; 16 devices: one torchrun per node under SLURM
     assert main(["reproduce", "--profile", "imagenet", "--data", str(tiny_data), "--out", str(tmp_path),
                  "--dry-run", "--images-per-s", "1000", "--devices", "16", "--amp", "none"]) == 0
     out = capsys.readouterr().out
     assert "precision: training fp32, TF32 off; evaluation fp32, TF32 off" in out
     assert "  - precision" not in out and "pools round their output size down" not in out  # imagenet: Caffe's ceil
-    assert "srun torchrun --nnodes 2 --nproc_per_node 8" in out and "--amp none" in out.splitlines()[-1]
+    assert "srun python -m verydeep.parallel.launch --nnodes 2 --nproc_per_node 8" in out and "--amp none" in out.splitlines()[-1]
 
 
 def test_estimate_rounds_up_and_scales_wall_clock():

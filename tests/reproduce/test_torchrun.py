@@ -18,12 +18,13 @@ from verydeep.train.metrics import read_metrics
 
 DRIVER = Path(__file__).with_name("torchrun_reproduce.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+LAUNCH = [sys.executable, "-m", "verydeep.parallel.launch", "--standalone", "--nproc_per_node", "2"]
 
 
-def _torchrun(data, out, *extra, timeout=300):
+def _torchrun(data, out, *extra, launcher=TORCHRUN, timeout=300):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     try:
-        return subprocess.run([*TORCHRUN, str(DRIVER), str(data), str(out), "5", *extra], env=env,
+        return subprocess.run([*launcher, str(DRIVER), str(data), str(out), "5", *extra], env=env,
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
@@ -34,10 +35,13 @@ def _torchrun(data, out, *extra, timeout=300):
 def test_reproduce_on_two_processes_resumes_after_sigterm(tmp_path):
     data = write_tiny_imagenet(tmp_path / "data", train_per_class=4, val_per_class=3)  # val: 9, odd
     out = tmp_path / "out"
-    first = _torchrun(data, out, "paper_D_S256")  # preempted after the second run's first step
-    # each rank checkpointed and left with 143; torchrun, itself signalled, then fails on its own
-    assert first.returncode != 0
+    # preempted after the second run's first step, launched through verydeep.parallel.launch
+    # (torchrun's launcher, ending in one line and 128 + the signal instead of torchrun's traceback)
+    first = _torchrun(data, out, "paper_D_S256", launcher=LAUNCH)
+    assert first.returncode == 143, first.stderr[-3000:]
     assert first.stderr.count("verydeep: interrupted by SIGTERM at step 1") == 2, first.stderr[-3000:]
+    assert "Traceback" not in first.stderr
+    assert first.stderr.strip().splitlines()[-1].startswith("verydeep launch: stopped by SIGTERM")
     assert "Unable to shutdown process" not in first.stderr  # no rank hung in a collective
     assert not (out / "paper_E_S256").exists()
     a_checkpoint = (out / "paper_A_S256" / "last.pt").stat().st_mtime_ns

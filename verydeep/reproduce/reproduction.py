@@ -176,22 +176,27 @@ def _evaluation_estimate(req: Request, plan: list[PlannedRun], val_images: int, 
     return lines
 
 
+LAUNCHER = "python -m verydeep.parallel.launch"  # torchrun's arguments, one line on SIGTERM (exit 143)
+
+
 def launch_command(req: Request, devices: int, gpus_per_node: int = 8) -> str:
     """The command line that runs this reproduction on ``devices`` GPUs: torchrun on one node,
-    or one torchrun per node under SLURM (``--out`` on a shared file system)."""
+    or one torchrun per node under SLURM (``--out`` on a shared file system); torchrun through
+    ``verydeep.parallel.launch`` (the same arguments), which ends a preempted job with exit 143
+    and one line instead of torchrun's traceback."""
     args = (f"-m verydeep reproduce --profile {req.profile.name} --data {req.data} --out {req.out}"
             + ("" if tuple(req.tables) == TABLES else f" --tables {','.join(map(str, req.tables))}")
             + ("" if req.amp == "auto" else f" --amp {req.amp}"))
     if devices <= 1:
         return "python " + args
     if devices <= gpus_per_node:
-        return f"torchrun --standalone --nproc_per_node {devices} {args}"
+        return f"{LAUNCHER} --standalone --nproc_per_node {devices} {args}"
     nodes = math.ceil(devices / gpus_per_node)
     if devices % gpus_per_node:
         return (f"{devices} devices do not fill nodes of {gpus_per_node}: use a multiple of {gpus_per_node} "
                 f"(e.g. {nodes * gpus_per_node}) for SLURM, see docs/reproduction.md")
     return (f"sbatch --nodes {nodes} --ntasks-per-node 1 --gpus-per-node {gpus_per_node} --signal=TERM@300 "
-            f"--wrap 'srun torchrun --nnodes {nodes} --nproc_per_node {gpus_per_node} --rdzv_backend c10d "
+            f"--wrap 'srun {LAUNCHER} --nnodes {nodes} --nproc_per_node {gpus_per_node} --rdzv_backend c10d "
             f"--rdzv_id $SLURM_JOB_ID --rdzv_endpoint $(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1):29500 "
             f"{args}' (--out on a shared file system)")
 

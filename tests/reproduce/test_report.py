@@ -6,12 +6,13 @@ import json
 from tests.reproduce.conftest import TINY
 from verydeep.cli.main import main
 import pytest
+import torch
 
 from verydeep.reproduce.estimate import round_up, wall_clock_hours
 from verydeep.reproduce.findings import VERDICTS
 from verydeep.reproduce.reproduction import Request, reproduce
 from verydeep.reproduce.tables import paper_cells
-from verydeep.runtime import build_runtime, precision_of
+from verydeep.runtime import Runtime, build_runtime, precision_of, tf32_allowed
 
 
 def test_every_table_on_tiny_nets(tiny_data, tmp_path):
@@ -43,6 +44,14 @@ def test_every_table_on_tiny_nets(tiny_data, tmp_path):
     reproduce(Request(profile=TINY, data=tiny_data, out=tmp_path, device="cpu", progress=False))
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "eval").iterdir()} == evaluated
     assert json.loads((tmp_path / "report.json").read_text())["cells"] == report["cells"]
+    # Caffe's round-up pooling asked for: the dense cells are evaluated again, the departure gone
+    reproduce(Request(profile=TINY, data=tiny_data, out=tmp_path, device="cpu", progress=False, tables=(3,),
+                      dense_pooling="ceil"))
+    again = json.loads((tmp_path / "report.json").read_text())
+    assert again["dense pooling"] == "ceil"
+    assert not any("round their output size down" in d["what"] for d in again["departures"])
+    cache = json.loads((tmp_path / "eval" / "paper_A_S256.json").read_text())
+    assert cache["dense_pooling"] == "ceil" and cache["precision"] == "fp32"
 
 
 def test_table6_has_every_row_of_the_papers_table():
@@ -99,3 +108,15 @@ def test_precision_named():
     assert precision_of("auto", "cpu") == "fp32"
     runtime = build_runtime("cpu", "none")
     assert runtime.exact_fp32 and runtime.precision() == "fp32" and not runtime.tf32
+    # on CUDA, amp none turns TF32 off in matmuls and cuDNN convolutions (torch leaves cuDNN's on)
+    cuda = Runtime(device=torch.device("cuda"), amp_dtype=None, tf32=tf32_allowed("none"))
+    auto = Runtime(device=torch.device("cuda"), amp_dtype=torch.bfloat16, tf32=tf32_allowed("auto"))
+    assert cuda.exact_fp32 and cuda.precision() == "fp32, TF32 off" and not auto.exact_fp32
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        auto.apply_tf32()
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        cuda.apply_tf32()
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

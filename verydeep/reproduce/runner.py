@@ -123,7 +123,8 @@ def evaluate_run(run_dir: Path, wanted: dict[Eval, bool], settings: EvalSettings
     except (OSError, ValueError):
         cached = {}
     rows = {Eval(name, r["protocol"], r["which"]): r for r in cached.get("rows", [])}
-    fresh = cached.get("checkpoint") == stamp and cached.get("dense_pooling", "floor") == settings.dense_pooling
+    fresh = (cached.get("checkpoint") == stamp and cached.get("dense_pooling", "floor") == settings.dense_pooling
+             and cached.get("amp", "auto") == settings.amp)  # evaluated as asked, or again
     if (fresh and all(e in rows and CORRECT in rows[e] for e in wanted)
             and (posteriors.is_file() or not any(wanted.values()))):
         return {e: rows[e] for e in wanted}
@@ -149,7 +150,8 @@ def evaluate_run(run_dir: Path, wanted: dict[Eval, bool], settings: EvalSettings
     if main:
         settings.eval_dir.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps({"checkpoint": stamp, "seconds": time.perf_counter() - t,
-                                     "dense_pooling": settings.dense_pooling, "rows": list(rows.values())},
+                                     "dense_pooling": settings.dense_pooling, "amp": settings.amp,
+                                     "precision": runtime.precision(), "rows": list(rows.values())},
                                     indent=2) + "\n")
     barrier()  # the other ranks read the posteriors file rank 0 wrote (Table 6)
     return rows

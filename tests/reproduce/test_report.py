@@ -10,6 +10,7 @@ import torch
 
 from verydeep.reproduce.estimate import round_up, wall_clock_hours
 from verydeep.reproduce.findings import VERDICTS
+from verydeep.reproduce.profiles import MINI, all_departures, describe_data, fill_data
 from verydeep.reproduce.reproduction import Request, reproduce
 from verydeep.reproduce.tables import paper_cells
 from verydeep.runtime import Runtime, build_runtime, precision_of, tf32_allowed
@@ -120,3 +121,14 @@ def test_precision_named():
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_mini_prose_quotes_the_datas_counts():
+    data = describe_data(3, 12, 9)
+    first = all_departures(MINI, "fp32", "fp32", "floor", data)[0].what
+    assert first.startswith("data: 3 classes, 12 training / 9 validation images") and "4,000" not in first
+    assert "3 classes, 12 training / 9 validation images" in fill_data(MINI.description, data)
+    assert "{data}" not in fill_data(MINI.description, None)
+    # bf16 named as a departure; exact fp32 on both sides is none
+    whats = [d.what for d in all_departures(MINI, "bf16 autocast (fp32 weights), TF32 on", "fp32", "ceil")]
+    assert whats[-2].startswith("precision: training in bf16") and "best.pt" in whats[-1]

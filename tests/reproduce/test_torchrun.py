@@ -5,6 +5,7 @@ the re-run does not train the first run again but resumes the second."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,10 @@ def test_reproduce_on_two_processes_resumes_after_sigterm(tmp_path):
     # (torchrun's launcher, ending in one line and 128 + the signal instead of torchrun's traceback)
     first = _torchrun(data, out, "paper_D_S256", launcher=LAUNCH)
     assert first.returncode == 143, first.stderr[-3000:]
-    assert first.stderr.count("verydeep: interrupted by SIGTERM at step 1") == 2, first.stderr[-3000:]
+    stopped = re.findall(r"verydeep: interrupted by SIGTERM at step (\d+)", first.stderr)
+    assert len(stopped) == 2 and stopped[0] == stopped[1], first.stderr[-3000:]  # both ranks, the same step
+    stopped_at = int(stopped[0])
+    assert stopped_at < 4  # 4 steps in the run: it stopped before its end
     assert "Traceback" not in first.stderr
     assert first.stderr.strip().splitlines()[-1].startswith("verydeep launch: stopped by SIGTERM")
     assert "Unable to shutdown process" not in first.stderr  # no rank hung in a collective
@@ -50,7 +54,9 @@ def test_reproduce_on_two_processes_resumes_after_sigterm(tmp_path):
     assert second.returncode == 0, second.stderr[-6000:]
     assert (out / "paper_A_S256" / "last.pt").stat().st_mtime_ns == a_checkpoint  # not trained again
     steps = [r["step"] for r in read_metrics(out / "paper_D_S256") if r["kind"] == "train"]
-    assert steps == [1, 2, 3, 4]  # resumed after step 1: every step once
+    assert steps == [1, 2, 3, 4]  # resumed after the step it stopped at: every step once
+    assert re.search(rf"resumed from {re.escape(str(out / 'paper_D_S256' / 'last.pt'))} at epoch \d+, step {stopped_at}\b",
+                     second.stderr)
     log = second.stderr
     assert log.count("INFO verydeep.reproduce.reproduction: plan:") == 1  # rank 0 alone logs
     assert "paper_A_S256: finished earlier, skipped" in log and "each process takes batch/2" in log

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -33,6 +34,7 @@ def preempt_after_first_step(run_name: str) -> None:
             if int(os.environ.get("RANK", "0")) == 0 and not getattr(step, "sent", False):
                 step.sent = True
                 os.kill(os.getppid(), signal.SIGTERM)  # the launcher: torchrun's agent
+                time.sleep(3)  # the agent forwards it to every rank meanwhile (this sleep ends early on it)
             return out
 
         loop.train_step = step

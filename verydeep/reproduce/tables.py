@@ -81,6 +81,8 @@ def fusion_de(protocol: str) -> str:
 
 
 # Table 6 in the paper's row order (top-1 / top-5 val error; the paper also gives test top-5).
+# The two middle rows (post-submission D + E, dense and multi-crop) are the paper's Table 6 (arXiv
+# v6) as the audit (issue 18) quotes them; the project's checked transcription lists the other two.
 PAPER_TABLE6 = {FUSION_SEVEN: (24.7, 7.5), fusion_de("dense"): (24.0, 7.1), fusion_de("multicrop"): (23.9, 7.2),
                 fusion_de("dense+multicrop"): (23.7, 6.8)}
 

@@ -7,6 +7,9 @@ evaluation and the benchmarks, so a run's ``amp: none`` means fp32 everywhere it
   ``cuda:N`` names one GPU.
 - AMP ``auto``: bf16 on CUDA (no loss scaling needed), full precision on CPU, where autocast
   is slower than fp32 for convolutions.
+- TF32 (CUDA): on, unless the run asks for ``amp: none``, which is the exact fp32 run (the
+  paper's precision: Caffe in fp32): no autocast and no TF32 in matmuls or convolutions.
+  ``Runtime.precision`` names the choice; training, evaluation and ``reproduce`` state it.
 - channels_last ``None`` (auto): :data:`CHANNELS_LAST_BY_DEVICE`, chosen from measurement:
   on CUDA, where cuDNN's NHWC kernels are the fast ones for convolutions under AMP, and on
   CPU, where oneDNN's NHWC convolutions measured faster for every net we train there
@@ -67,12 +70,39 @@ def autocast(device: torch.device, amp_dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=amp_dtype)
 
 
-def configure_backends(device: torch.device, cudnn_benchmark: bool = True) -> None:
-    """cuDNN autotuning and TF32 matmuls on CUDA (what torchvision's reference script enables)."""
+AMP_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def describe_precision(amp_dtype: torch.dtype | None, device_type: str, tf32: bool) -> str:
+    """E.g. "bf16 autocast (fp32 weights), TF32 on" or "fp32, TF32 off" (TF32 named on CUDA only)."""
+    text = "fp32" if amp_dtype is None else f"{AMP_NAMES[amp_dtype]} autocast (fp32 weights)"
+    return text + (", TF32 " + ("on" if tf32 else "off") if device_type == "cuda" else "")
+
+
+def precision_of(amp: str, device_type: str) -> str:
+    """The precision a run with ``amp`` gets on a ``device_type`` device, without building one."""
+    return describe_precision(resolve_amp(amp, torch.device(device_type)), device_type,
+                              device_type == "cuda" and tf32_allowed(amp))
+
+
+def tf32_allowed(amp: str) -> bool:
+    """TF32 in matmuls and convolutions, unless the run asked for exact fp32 (``amp: none``)."""
+    return amp != "none"
+
+
+def set_tf32(device: torch.device, allowed: bool) -> None:
+    """TF32 on or off for CUDA matmuls and cuDNN convolutions (nothing to do on CPU)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+        torch.backends.cudnn.allow_tf32 = allowed  # torch's default is True: off needs saying
+
+
+def configure_backends(device: torch.device, cudnn_benchmark: bool = True, tf32: bool = True) -> None:
+    """cuDNN autotuning and TF32 on CUDA (what torchvision's reference script enables); TF32
+    off for the exact fp32 run."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cudnn_benchmark
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        set_tf32(device, tf32)
 
 
 @dataclass(frozen=True)
@@ -82,6 +112,20 @@ class Runtime:
     device: torch.device = torch.device("cpu")
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
+    tf32: bool = False  # TF32 allowed on CUDA (see ``tf32_allowed``)
+
+    def precision(self) -> str:
+        """The arithmetic this runtime computes in, in words (logged and written to reports)."""
+        return describe_precision(self.amp_dtype, self.device.type, self.tf32)
+
+    @property
+    def exact_fp32(self) -> bool:
+        """Full fp32 everywhere: no autocast, and on CUDA no TF32 (the paper's arithmetic)."""
+        return self.amp_dtype is None and not (self.device.type == "cuda" and self.tf32)
+
+    def apply_tf32(self) -> None:
+        """Set this process's TF32 flags to this runtime's choice."""
+        set_tf32(self.device, self.tf32)
 
     def autocast(self):
         return autocast(self.device, self.amp_dtype)
@@ -115,4 +159,5 @@ def build_runtime(device: str | torch.device | None = "auto", amp: str = "auto",
     """The policy for one process from the run's ``device``, ``amp`` and ``channels_last``."""
     dev = resolve_device(device, local_rank)
     cl = CHANNELS_LAST_BY_DEVICE.get(dev.type, False) if channels_last is None else bool(channels_last)
-    return Runtime(device=dev, amp_dtype=resolve_amp(amp, dev), channels_last=cl)
+    return Runtime(device=dev, amp_dtype=resolve_amp(amp, dev), channels_last=cl,
+                   tf32=dev.type == "cuda" and tf32_allowed(amp))

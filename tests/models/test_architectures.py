@@ -82,6 +82,32 @@ def test_lrn_follows_the_first_conv():
     assert isinstance(feats[2], nn.LocalResponseNorm) and isinstance(feats[3], nn.MaxPool2d)
 
 
+def test_lrn_is_krizhevskys_formula_with_alpha_on_the_sum():
+    """b = a / (2 + 1e-4 * sum of a^2 over the 5 channels around c) ^ 0.75, by hand on 7 channels
+    of one pixel holding 10, 20, ..., 70 (torch's own layer divides alpha by 5)."""
+    lrn = VGG(VGGSpec(config="A-LRN", width=1 / 16)).features[2]
+    x = torch.tensor([10.0, 20, 30, 40, 50, 60, 70]).reshape(1, 7, 1, 1)
+    out = lrn(x).flatten()
+    # windows clipped at the ends: c=0 sees 10,20,30; c=3 sees 20..60; c=6 sees 50,60,70
+    assert out[0].item() == pytest.approx(10 / (2 + 1e-4 * 1400) ** 0.75, rel=1e-5)  # 5.6518
+    assert out[3].item() == pytest.approx(40 / (2 + 1e-4 * 9000) ** 0.75, rel=1e-5)  # 17.9995
+    assert out[6].item() == pytest.approx(70 / (2 + 1e-4 * 11000) ** 0.75, rel=1e-5)
+    assert out[0].item() == pytest.approx(5.6518, abs=1e-4)
+    assert out[3].item() == pytest.approx(17.9995, abs=1e-4)
+    # torch's layer with the same numbers: 2e-5 per term, a 5x weaker normalization
+    torch_lrn = nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0)(x).flatten()
+    assert torch_lrn[3].item() == pytest.approx(40 / (2 + 1e-4 / 5 * 9000) ** 0.75, rel=1e-5)
+    assert abs(torch_lrn[3].item() - out[3].item()) > 1.0
+
+
+def test_lrn_has_no_state_dict_keys():
+    a = set(VGG(VGGSpec(config="A", width=1 / 16)).state_dict())
+    lrn = set(VGG(VGGSpec(config="A-LRN", width=1 / 16)).state_dict())
+    # the LRN shifts the later indices by one, and adds no key of its own
+    assert len(a) == len(lrn) and not any(k.startswith(("features.2.", "features.3.")) for k in lrn)
+    assert "features.4.weight" in lrn
+
+
 def test_batch_norm_after_every_conv():
     feats = VGG(VGGSpec(config="E", batch_norm=True, width=1 / 16)).features
     mods = list(feats)

@@ -49,3 +49,28 @@ def test_too_small_input_is_refused():
     model = VGG(VGGSpec(config="A", width=1 / 16)).eval()
     with pytest.raises(ValueError, match="too small"):
         fully_convolutional(model)(torch.zeros(1, 3, 128, 128))
+
+
+def test_caffe_round_up_pooling_keeps_the_border():
+    """40 px (not a multiple of 32): PyTorch's pools give 40-20-10-5-2-1, Caffe's 40-20-10-5-3-2."""
+    torch.manual_seed(0)
+    model = VGG(VGGSpec(config="A", width=1 / 16, fc_features=8, head_size=1, num_classes=3)).eval()
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        assert fully_convolutional(model).forward(x).shape[-2:] == (1, 1)
+        ceil = fully_convolutional(model, "ceil")
+        assert ceil.forward(x).shape[-2:] == (2, 2)
+        # at a multiple of 32 the two agree exactly
+        y = torch.randn(1, 3, 64, 64)
+        assert torch.equal(ceil(y), fully_convolutional(model)(y))
+        # round-up is max-pooling over the input padded at its end with -inf (pools 4 and 5: 5 -> 3 -> 2)
+        feats, F = model.features, torch.nn.functional
+
+        def pool_up(t):
+            return F.max_pool2d(F.pad(t, (0, t.shape[-1] % 2, 0, t.shape[-2] % 2), value=float("-inf")), 2, 2)
+
+        h = feats[:15](x)  # the fourth pool's input: 5x5
+        assert h.shape[-1] == 5
+        assert torch.equal(ceil.features(x), pool_up(feats[16:20](pool_up(h))))
+    with pytest.raises(ValueError, match="dense pooling"):
+        fully_convolutional(model, "round")

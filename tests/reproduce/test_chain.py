@@ -31,6 +31,13 @@ def test_the_whole_chain_in_dependency_order(tiny_data, tmp_path):
     assert {parents[f"paper_{n}_S256"] for n in "BCDE"} == {"paper_A_S256"}
     assert all(parents[f"paper_{n}_S384"] == f"paper_{n}_S256" for n in "CDE")
     assert all(parents[f"paper_{n}_multiscale"] == f"paper_{n}_S384" for n in "CDE")
+    # 13 runs: the ILSVRC submission's jittered D, its FC layers alone fine-tuned (Sec. 4.5)
+    assert len(plan) == 13 and parents["paper_D_multiscale_fconly"] == "paper_D_S384"
+    fc_only = next(r for r in plan if r.name == "paper_D_multiscale_fconly")
+    assert (fc_only.net, fc_only.column) == ("D", "multiscale")
+    cfg = fc_only.config()
+    assert cfg.model.freeze_convs and (cfg.data.scale_min, cfg.data.scale_max) == (37, 73)
+    assert not next(r for r in plan if r.name == "paper_D_multiscale").config().model.freeze_convs
     for i, run in enumerate(plan):
         assert run.status == NEW and run.run_dir == tmp_path / run.name
         if run.depends_on:

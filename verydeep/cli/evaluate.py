@@ -158,6 +158,8 @@ def run_eval(args: argparse.Namespace) -> int:
         check_folder(args.save_posteriors)
     stored = {"posteriors_dtype": check_dtype(args.posteriors_dtype)} if args.posteriors_dtype else {}
     runtime = build_runtime(dist.device, args.amp)
+    runtime.apply_tf32()
+    logging.getLogger("verydeep").info("precision: %s (--amp %s)", runtime.precision(), args.amp)
     nets = [load_eval_net(c, caffe_bgr=args.caffe_bgr, ema=args.ema) for c in args.checkpoint]
     data_cfg = _eval_data(args, nets[0])
     splits = discover(data_cfg, classes=nets[0].classes)  # a val/-only folder: numbered as the net's classes

@@ -8,7 +8,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from verydeep.cli.vocabulary import add_data, add_device, add_devices, add_out
+from verydeep.cli.vocabulary import add_amp, add_data, add_device, add_devices, add_out
+from verydeep.models.config import DENSE_POOLING
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="dry run: the throughput from `verydeep bench train --preset paper --json FILE`")
     add_devices(p, what="dry run: devices to train on (default: the GPUs torch sees, at least 1)")
     add_device(p, key="evaluation")
+    add_amp(p, key="precision of training and evaluation (none: fp32 with TF32 off, the paper's arithmetic, the "
+            "exact run; a finished run keeps the precision it was trained in)")
+    p.add_argument("--dense-pooling", choices=DENSE_POOLING, default=None,
+                   help="dense evaluation's max-pool rounding: floor (PyTorch) or ceil (Caffe, the paper's tool) "
+                        "(default: the profile's: imagenet ceil, mini floor)")
     p.set_defaults(func=run_reproduce)
 
 
@@ -43,7 +49,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
     )
 
     req = Request(profile=get_profile(args.profile), data=Path(args.data), out=Path(args.out),
-                  tables=parse_tables(args.tables), device=args.device,
+                  tables=parse_tables(args.tables), device=args.device, amp=args.amp,
+                  dense_pooling=args.dense_pooling,
                   command=" ".join(["verydeep", *map(shlex.quote, sys.argv[1:])]))
     if args.dry_run:
         print(describe_plan(req, _throughput(args), _devices(args)))

@@ -109,7 +109,8 @@ def collect(nets: list[EvalNet], perms: list[torch.Tensor | None], data_cfg, sam
                         for e in (e for e in feeds if e.method == method):
                             post = protocols.posteriors(method, models[e.net], images, crop=crop_size,
                                                         flip=options.flip, dense_average=options.dense_average,
-                                                        crop_batch=crop_batch, runtime=runtime)
+                                                        crop_batch=crop_batch, runtime=runtime,
+                                                        dense_pooling=options.dense_pooling)
                             perm = perms[e.net]
                             store.write(e.name, ids, post if perm is None else post[:, perm.to(post.device)])
                         out.seconds[(method, q)] += time.perf_counter() - t  # the copy to the host waits for the device

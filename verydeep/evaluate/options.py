@@ -21,6 +21,8 @@ class EvalOptions:
     default: 4 x batch_size, at least one image's crops). ``device`` and ``amp``: the runtime
     to build (``verydeep.runtime``) when the caller passes none. ``posteriors_dtype``: the
     stored posteriors' dtype (``posterior_store.DTYPES``; float32 for bit-for-bit float32 sums).
+    ``dense_pooling``: the dense form's max-pool rounding, ``floor`` (PyTorch) or ``ceil`` (Caffe,
+    the paper's tool).
     """
 
     flip: bool = True
@@ -31,6 +33,7 @@ class EvalOptions:
     device: str | torch.device = "auto"
     amp: str = "auto"
     posteriors_dtype: str = DEFAULT_DTYPE
+    dense_pooling: str = "floor"
 
     def runtime(self, local_rank: int = 0) -> Runtime:
         return build_runtime(self.device, self.amp, local_rank=local_rank)

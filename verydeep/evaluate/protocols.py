@@ -104,13 +104,14 @@ def min_dense_size(model: VGG) -> int:
 
 @torch.no_grad()
 def dense_scores(model: VGG, images: torch.Tensor, *, flip: bool = True, average: str = DENSE_AVERAGE,
-                 runtime: Runtime | None = None) -> torch.Tensor:
+                 runtime: Runtime | None = None, pooling: str = "floor") -> torch.Tensor:
     """Dense evaluation: posteriors [B, K] of whole images of any (shared) size.
 
     ``average="scores"`` (default, the paper's wording): spatially average the class score
     map, then softmax. ``average="posteriors"``: softmax at every location, then average.
     An image smaller than the net's minimum (32 * head_size, 224 for the full net) is
-    zero-padded symmetrically up to it, the dense analogue of a padded crop.
+    zero-padded symmetrically up to it, the dense analogue of a padded crop. ``pooling``:
+    the max-pools' rounding, ``floor`` (PyTorch) or ``ceil`` (Caffe; ``fully_convolutional``).
     """
     if average not in ("scores", "posteriors"):
         raise ValueError(f"dense average must be 'scores' or 'posteriors', got {average!r}")
@@ -120,7 +121,7 @@ def dense_scores(model: VGG, images: torch.Tensor, *, flip: bool = True, average
     if h < m or w < m:
         ph, pw = max(0, m - h), max(0, m - w)
         images = F.pad(images, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-    score_map = _forward(fully_convolutional(model), _with_flip(images, flip), runtime)  # [B', K, H', W']
+    score_map = _forward(fully_convolutional(model, pooling), _with_flip(images, flip), runtime)  # [B', K, H', W']
     if average == "scores":
         probs = score_map.mean(dim=(2, 3)).softmax(dim=1)
     else:
@@ -156,12 +157,12 @@ def crops_per_pass(n: int, crop: int, device: torch.device, crop_batch: int | No
 
 def posteriors(method: str, model: VGG, images: torch.Tensor, *, crop: int, flip: bool = True,
                dense_average: str = DENSE_AVERAGE, crop_batch: int | None = None,
-               runtime: Runtime | None = None) -> torch.Tensor:
+               runtime: Runtime | None = None, dense_pooling: str = "floor") -> torch.Tensor:
     """One method's posteriors [B, K] for a batch of images at one test scale."""
     if method == "center":
         return center(model, images, crop=crop, flip=flip, runtime=runtime)
     if method == "dense":
-        return dense_scores(model, images, flip=flip, average=dense_average, runtime=runtime)
+        return dense_scores(model, images, flip=flip, average=dense_average, runtime=runtime, pooling=dense_pooling)
     if method == "multicrop":
         return multicrop(model, images, crop, flip=flip, crop_batch=crop_batch, runtime=runtime)
     raise ValueError(f"unknown evaluation method {method!r}; choose from {', '.join(METHODS)}")

@@ -87,7 +87,8 @@ def report_header(nets, given: list[str], *, data_root, images: int, scales: lis
     if options is not None:
         header["options"] = {"flip": options.flip, "dense_average": options.dense_average,
                              "device": str(device if device is not None else options.device),
-                             "amp": options.amp}
+                             "amp": options.amp,
+                             "precision": options.runtime().precision()}
     return header
 
 

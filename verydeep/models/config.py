@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 # The one place the default init scheme is named (create_model and recipes share it).
 DEFAULT_INIT = "kaiming"
+# Dense evaluation's max-pool rounding: floor (PyTorch's) or ceil (Caffe's, where the paper's dense
+# numbers were made); defined here, without torch, so the command line can offer it at once.
+DENSE_POOLING = ("floor", "ceil")
 
 
 @dataclass

@@ -22,7 +22,8 @@ CONFIGURATIONS: dict[str, list[LayerSpec]] = {
           512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
 }
 
-# The paper's LRN setting (AlexNet's): size 5, alpha 1e-4, beta 0.75, k 2.
+# The paper's LRN setting (AlexNet's): size 5, alpha 1e-4, beta 0.75, k 2, in Krizhevsky's formula
+# k + alpha * sum of squares (verydeep.models.lrn; torch's and Caffe's layers use alpha / size).
 LRN_PARAMS = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0}
 
 # Hidden width of the two FC layers (FC-4096) and the spatial size that FC1 sees at 224x224.

@@ -17,6 +17,7 @@ from verydeep.models.configurations import (
     HEAD_SIZE,
     LRN_PARAMS,
 )
+from verydeep.models.lrn import KrizhevskyLRN
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def make_features(spec: VGGSpec) -> nn.Sequential:
         if item == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         elif item == "LRN":
-            layers.append(nn.LocalResponseNorm(**LRN_PARAMS))
+            layers.append(KrizhevskyLRN(**LRN_PARAMS))
         else:
             kernel, out = item if isinstance(item, tuple) else (3, item)
             out = spec.channels(out)

@@ -5,8 +5,18 @@ The measurement is training images/s of one net on one device: ``verydeep bench 
 loop's own step), or a figure the user measured. Other nets are scaled by their forward
 multiply-accumulates at the training crop (a net with twice the MACs trains at half the
 images/s; the backward pass costs a fixed multiple of the forward for these conv nets). Data
-loading is assumed to keep up, and N devices to give N times one (the paper measured 3.75x on
-4 GPUs, so wall-clock hours may be ~7% above GPU-hours / N).
+loading is assumed to keep up.
+
+Evaluation: each net's passes (a method at a test scale Q, shared by the rows that use it)
+cost their forward MACs per validation image: dense, the fully-convolutional net on the whole
+image and its mirror (Q x 4Q/3, ImageNet's usual 4:3 aspect); multi-crop, 50 crops at the
+training crop (5x5 grid x 2 flips); centre, one crop and its mirror. A forward pass runs at
+``EVAL_SPEEDUP`` x a training step's images/s for the same MACs (no backward, no update).
+
+Wall-clock on N devices: the runs of the chain one after another, each on all N devices (data
+parallel, the global batch unchanged), at the paper's measured efficiency (3.75x on 4 GPUs:
+``SCALING_EFFICIENCY`` per device beyond the first), so wall-clock = GPU-hours / (N x 0.9375)
+for N > 1.
 """
 
 from __future__ import annotations
@@ -23,6 +33,12 @@ from verydeep.config import Config
 from verydeep.models.complexity import forward_macs
 from verydeep.models.from_config import spec_from_config
 from verydeep.models.vgg import VGG
+
+
+EVAL_SPEEDUP = 3.0  # forward-only vs a training step (forward + backward ~ 3 forwards)
+SCALING_EFFICIENCY = 3.75 / 4  # the paper's 4-GPU speed-up per GPU (Sec. 3.3)
+DENSE_ASPECT = 4 / 3  # ImageNet's usual image shape: the dense pass sees Q x 4Q/3
+MULTICROP_CROPS = 50  # 5x5 grid x 2 flips per test scale
 
 
 @dataclass(frozen=True)
@@ -73,9 +89,9 @@ def reference_macs(throughput: Throughput) -> int:
 
 
 def training_images(cfg: Config, train_images: int) -> int:
-    """Images the run processes at most: its epochs, capped by ``train.max_iterations``
-    (the plateau rule may stop it earlier)."""
-    steps = cfg.train.epochs * (train_images // cfg.train.batch_size)
+    """Images the run processes at most: its epochs (a partial last batch counted whole: an
+    upper bound), capped by ``train.max_iterations`` (the plateau rule may stop it earlier)."""
+    steps = cfg.train.epochs * math.ceil(train_images / cfg.train.batch_size)
     if cfg.train.max_iterations:
         steps = min(steps, cfg.train.max_iterations)
     return steps * cfg.train.batch_size
@@ -85,3 +101,41 @@ def gpu_hours(cfg: Config, train_images: int, throughput: Throughput) -> float:
     """Device-hours to train ``cfg`` on ``train_images`` images at most."""
     rate = throughput.images_per_s * reference_macs(throughput) / training_macs(cfg)
     return training_images(cfg, train_images) / rate / 3600 if rate > 0 else math.inf
+
+
+def round_up(hours: float, step: float = 0.1) -> float:
+    """``hours`` rounded up to ``step`` (an estimate never reads 0 for a run that does work)."""
+    return math.ceil(hours / step - 1e-9) * step if hours > 0 else 0.0
+
+
+def wall_clock_hours(gpu_h: float, devices: int) -> float:
+    """Hours on ``devices`` devices at the paper's measured scaling efficiency."""
+    return gpu_h if devices <= 1 else gpu_h / (devices * SCALING_EFFICIENCY)
+
+
+@functools.lru_cache(maxsize=128)
+def _dense_macs(config: str, batch_norm: bool, width: float, head_size: int, h: int, w: int) -> int:
+    from verydeep.models.fully_convolutional import fully_convolutional
+    from verydeep.models.vgg import VGGSpec
+
+    with torch.device("meta"):
+        model = VGG(VGGSpec(config=config, batch_norm=batch_norm, num_classes=1000, width=width, head_size=head_size))
+    return forward_macs(fully_convolutional(model), (h, w))
+
+
+def pass_macs(cfg: Config, method: str, q: int) -> int:
+    """Forward MACs per validation image of one evaluation pass (``method`` at test scale ``q``)."""
+    spec = spec_from_config(cfg.model, 1000, cfg.data.crop_size)
+    crop = cfg.data.crop_size
+    if method == "dense":
+        side = max(q, 32 * spec.head_size)  # smaller images are padded up to the net's minimum
+        return 2 * _dense_macs(spec.config, spec.batch_norm, spec.width, spec.head_size, side, round(side * DENSE_ASPECT))
+    one = _macs(spec.config, spec.batch_norm, spec.width, spec.head_size, crop)
+    return (MULTICROP_CROPS if method == "multicrop" else 2) * one
+
+
+def eval_gpu_hours(passes: list[tuple[Config, str, int]], val_images: int, throughput: Throughput) -> float:
+    """Device-hours of evaluation ``passes`` ((net's config, method, Q)) on ``val_images`` images."""
+    macs_per_s = throughput.images_per_s * reference_macs(throughput) * EVAL_SPEEDUP
+    total = sum(pass_macs(cfg, method, q) for cfg, method, q in passes) * val_images
+    return total / macs_per_s / 3600 if macs_per_s > 0 else math.inf

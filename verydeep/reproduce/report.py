@@ -9,8 +9,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from verydeep.reproduce.findings import Finding
-from verydeep.reproduce.profiles import Profile
+from verydeep.reproduce.findings import ALPHA, Finding
+from verydeep.reproduce.profiles import Departure, Profile, fill_data
 from verydeep.reproduce.tables import (
     COLUMN_TITLES,
     COLUMNS,
@@ -75,7 +75,13 @@ def fusion_table(results: dict) -> list[str]:
 
 
 def findings_section(findings: list[Finding]) -> list[str]:
-    lines = ["| the paper's finding | evidence | here | comparisons (top-1 error, %) |", "|---|---|---|---|"]
+    lines = [(f"Each comparison: top-1 errors (%), the gap in the paper's direction, and McNemar's exact test on "
+              f"the two cells' per-image correctness (the same images); beyond noise when p < {ALPHA}. Verdicts: "
+              "held (every comparison the paper's way, beyond noise), held within noise (every one the paper's "
+              "way, some within noise), partly held, not shown (none the paper's way, all within noise), did not "
+              "hold (one against the paper, beyond noise). A \"does not help\" claim holds unless the addition "
+              "helps beyond noise."), "",
+             "| the paper's finding | evidence | here | comparisons |", "|---|---|---|---|"]
     for f in findings:
         comparisons = "; ".join(c.describe() for c in f.comparisons) or "-"
         lines.append(f"| {f.claim} | {f.where} | **{f.verdict}** | {comparisons} |")
@@ -93,18 +99,18 @@ def runs_section(summary: dict[str, dict]) -> list[str]:
     return lines
 
 
-def departures_section(profile: Profile) -> list[str]:
-    if not profile.departures:
+def departures_section(departures: list[Departure]) -> list[str]:
+    if not departures:
         return ["None: the paper's recipes as packaged (only data.root and the chain's checkpoint paths are set)."]
     lines = ["| departure | why | measured |", "|---|---|---|"]
-    lines += [f"| {d.what} | {d.why} | {d.measured} |" for d in profile.departures]
+    lines += [f"| {d.what} | {d.why} | {d.measured} |" for d in departures]
     return lines
 
 
 def report_markdown(profile: Profile, meta: dict, results: dict, findings: list[Finding],
-                    summary: dict[str, dict]) -> str:
+                    summary: dict[str, dict], departures: list[Departure]) -> str:
     out = [f"# Reproduction of Simonyan & Zisserman (ICLR 2015), profile `{profile.name}`", "",
-           profile.description, "",
+           fill_data(profile.description, meta.get("data counts")), "",
            *(f"- {k}: {v}" for k, v in meta.items()), "",
            ("Cells are top-1 / top-5 validation error (%). The paper's numbers are on ILSVRC-2012 "
             "(50,000 validation images); ours on the data above."), ""]
@@ -117,7 +123,7 @@ def report_markdown(profile: Profile, meta: dict, results: dict, findings: list[
             out += protocol_table(results) if t == 5 else fusion_table(results)
         out.append("")
     out += ["## The paper's findings here", "", *findings_section(findings), "",
-            "## Departures from the paper", "", *departures_section(profile), "",
+            "## Departures from the paper", "", *departures_section(departures), "",
             "## Runs", "", *runs_section(summary), "", "![our top-1 error against the paper's](report.png)", ""]
     return "\n".join(out)
 
@@ -130,7 +136,11 @@ LABEL_OFFSETS = ((4, 3), (4, -10), (-4, 3), (-4, -10), (4, 11), (4, -18), (-4, 1
 
 
 def _cell_label(key) -> str:
-    return "D+E" if key[1].startswith("D/") else ("7 nets" if key[1].startswith("7") else f"{key[1]} {key[2]}")
+    """A point's label: Table 6's fusions by their nets and protocol (``D+E dense``), other cells
+    by net and column."""
+    if key[1].startswith("D/"):
+        return f"D+E {key[1].split(', ', 1)[1]}" if ", " in key[1] else "D+E"
+    return "7 nets" if key[1].startswith("7") else f"{key[1]} {key[2]}"
 
 
 def label_points(ax, points: list[tuple[float, float]], labels: list[str], fontsize: int = 7) -> list:
@@ -211,16 +221,18 @@ def paper_numbers() -> dict[tuple[int, str, str], tuple[float, float]]:
 
 
 def write_report(out_dir: Path, profile: Profile, meta: dict, results: dict, findings: list[Finding],
-                 summary: dict[str, dict]) -> list[Path]:
-    """Write report.md, report.json and report.png into ``out_dir``; returns their paths."""
+                 summary: dict[str, dict], departures: list[Departure] | None = None) -> list[Path]:
+    """Write report.md, report.json and report.png into ``out_dir``; returns their paths.
+    ``departures``: every departure from the paper (default: the profile's own)."""
+    departures = list(profile.departures) if departures is None else departures
     paper = paper_numbers()
     md = out_dir / "report.md"
-    md.write_text(report_markdown(profile, meta, results, findings, summary))
-    data = {"profile": profile.name, **meta, "departures": [asdict(d) for d in profile.departures],
+    md.write_text(report_markdown(profile, meta, results, findings, summary, departures))
+    data = {"profile": profile.name, **meta, "departures": [asdict(d) for d in departures],
             "cells": [{"table": k[0], "row": k[1], "column": k[2], "ours": row, "paper": paper.get(k)}
                       for k, row in results.items()],
             "findings": [{"claim": f.claim, "where": f.where, "verdict": f.verdict, "note": f.note,
-                          "comparisons": [{**asdict(c), "holds": c.holds, "beyond_noise": c.beyond_noise}
+                          "comparisons": [{**asdict(c), "gap": c.gap, "holds": c.holds, "beyond_noise": c.beyond_noise}
                                           for c in f.comparisons]} for f in findings],
             "runs": summary}
     js = out_dir / "report.json"

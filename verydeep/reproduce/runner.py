@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+
 from verydeep.data import discover
 from verydeep.errors import Interrupted
 from verydeep.evaluate import EvalOptions, RowSpec, evaluate_rows, load_eval_net
@@ -23,12 +24,20 @@ from verydeep.evaluate.posterior_store import INDEX
 from verydeep.evaluate.store_fusion import fuse_stores
 from verydeep.reproduce.chain import DONE, INTERRUPTED, PlannedRun, run_status
 from verydeep.reproduce.tables import Cell, Eval, evaluations_by_run
+from verydeep.parallel.distributed import barrier, current
 from verydeep.runtime import build_runtime
 from verydeep.train.loop import train
 
 log = logging.getLogger(__name__)
 
 RUN_RECORD = "reproduce.json"  # in each run folder: {"train_seconds": ...}
+# In each cached row: top-1 correct per validation image ("1"/"0", the data's image order),
+# what the findings' paired tests read.
+CORRECT = "top1_correct"
+
+
+def correct_string(hits) -> str:
+    return "".join("1" if h else "0" for h in hits.tolist())
 
 
 def _record(run_dir: Path) -> dict:
@@ -59,11 +68,12 @@ def train_chain(plan: list[PlannedRun]) -> dict[str, dict]:
                                              f"command again to resume it (finished runs are skipped)") from None
         finally:  # an interrupted attempt's time counts too
             record["train_seconds"] = record.get("train_seconds", 0.0) + time.perf_counter() - t
-            if run.run_dir.is_dir():
+            if run.run_dir.is_dir() and current().is_main:
                 (run.run_dir / RUN_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         record.update(stopped_because=result.stopped_because, best_top1_error=result.best_top1_error,
                       epochs=result.epochs_done, steps=result.steps)
-        (run.run_dir / RUN_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        if current().is_main:
+            (run.run_dir / RUN_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         summary[run.name] = {**record, "status": run.status}
         run.status = run_status(run.run_dir)
     return summary
@@ -77,6 +87,11 @@ class EvalSettings:
     batch_size: int = 32
     device: str = "auto"
     progress: bool = True
+    amp: str = "auto"  # verydeep.runtime: none = exact fp32 (TF32 off)
+    dense_pooling: str = "floor"  # dense evaluation's max-pool rounding (verydeep.models.fully_convolutional)
+
+    def runtime(self):
+        return build_runtime(self.device, self.amp, local_rank=current().local_rank)
 
 
 def _stamp(checkpoint: Path) -> list[int]:
@@ -96,8 +111,10 @@ def evaluate_run(run_dir: Path, wanted: dict[Eval, bool], settings: EvalSettings
     except (OSError, ValueError):
         cached = {}
     rows = {Eval(name, r["protocol"], r["which"]): r for r in cached.get("rows", [])}
-    fresh = cached.get("checkpoint") == stamp
-    if fresh and all(e in rows for e in wanted) and ((posteriors / INDEX).is_file() or not any(wanted.values())):
+    fresh = (cached.get("checkpoint") == stamp and cached.get("dense_pooling", "floor") == settings.dense_pooling
+             and cached.get("amp", "auto") == settings.amp)  # evaluated as asked, or again
+    if (fresh and all(e in rows and CORRECT in rows[e] for e in wanted)
+            and ((posteriors / INDEX).is_file() or not any(wanted.values()))):
         return {e: rows[e] for e in wanted}
     net = load_eval_net(run_dir)
     data_cfg = dataclasses.replace(net.data, root=str(settings.data_root))
@@ -106,15 +123,22 @@ def evaluate_run(run_dir: Path, wanted: dict[Eval, bool], settings: EvalSettings
     evals = list(wanted)
     specs = [RowSpec.for_nets(e.protocol, [net.data], e.scales) for e in evals]
     t = time.perf_counter()
+    runtime = settings.runtime()
+    runtime.apply_tf32()
     result = evaluate_rows([net], data_cfg, samples, specs, classes=splits.classes,
-                           options=EvalOptions(batch_size=settings.batch_size, progress=settings.progress),
-                           runtime=build_runtime(settings.device),
-                           save_posteriors=posteriors if any(wanted.values()) else None)
-    log.info("%s: %d evaluations in %.0f s", name, len(evals), time.perf_counter() - t)
-    rows = {e: {**row, "which": e.scales, "posteriors_row": i} for i, (e, row) in enumerate(zip(evals, result.rows))}
-    settings.eval_dir.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"checkpoint": stamp, "seconds": time.perf_counter() - t,
-                                 "rows": list(rows.values())}, indent=2) + "\n")
+                           options=EvalOptions(batch_size=settings.batch_size, progress=settings.progress,
+                                               amp=settings.amp, dense_pooling=settings.dense_pooling),
+                           runtime=runtime, save_posteriors=posteriors if any(wanted.values()) else None)
+    log.info("%s: %d evaluations in %.0f s (%s)", name, len(evals), time.perf_counter() - t, runtime.precision())
+    rows = {e: {**r.row, "which": e.scales, "posteriors_row": i, CORRECT: correct_string(r.hits[:, 0])}
+            for i, (e, r) in enumerate(zip(evals, result.results))}
+    if current().is_main:  # under torchrun every rank holds the whole result; rank 0 writes it
+        settings.eval_dir.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"checkpoint": stamp, "seconds": time.perf_counter() - t,
+                                     "dense_pooling": settings.dense_pooling, "amp": settings.amp,
+                                     "precision": runtime.precision(), "rows": list(rows.values())},
+                                    indent=2) + "\n")
+    barrier()  # the other ranks read the store rank 0 kept (Table 6)
     return rows
 
 
@@ -124,6 +148,7 @@ class TableResults:
 
     cells: dict[tuple[int, str, str], dict] = field(default_factory=dict)
     images: int = 0
+    correct: dict[tuple[int, str, str], list[bool]] = field(default_factory=dict)  # top-1 per image
 
     def errors(self) -> dict[tuple[int, str, str], tuple[float, float]]:
         return {k: (r["top1_error"], r["top5_error"]) for k, r in self.cells.items()}
@@ -138,10 +163,13 @@ def evaluate_cells(cells: list[Cell], settings: EvalSettings) -> TableResults:
         if cell.fused:
             stores = [f"{settings.eval_dir / e.run}.posteriors#{by_run[e.run][e]['posteriors_row']}"
                       for e in cell.evals]
-            row, _, _ = fuse_stores(stores)
+            row, _, fused = fuse_stores(stores)
+            correct = fused.hits[:, 0].tolist()  # an image undecodable in any member counts as wrong
         else:
             (e,) = cell.evals
-            row = by_run[e.run][e]
+            row = dict(by_run[e.run][e])
+            correct = [c == "1" for c in row.pop(CORRECT)]
         out.cells[(cell.table, cell.row, cell.column)] = row
+        out.correct[(cell.table, cell.row, cell.column)] = correct
         out.images = max(out.images, row["images"])
     return out

@@ -237,7 +237,9 @@ def _build(cfg: Config, folder: RunFolder, dist: DistInfo, splits: Splits) -> tu
     run_dir = folder.path
     torch.manual_seed(cfg.train.seed + dist.rank)
     runtime = build_runtime(dist.device, cfg.train.amp, cfg.train.channels_last, dist.local_rank)
-    configure_backends(runtime.device, cfg.train.cudnn_benchmark)
+    configure_backends(runtime.device, cfg.train.cudnn_benchmark, tf32=runtime.tf32)
+    if dist.is_main:
+        log.info("precision: %s (train.amp=%s)", runtime.precision(), cfg.train.amp)
     cfg = _with_dataset_stats(cfg, splits, dist.is_main)
     check_start_weights(cfg, warn=dist.is_main)  # init_from / weights trained on the same kind of input
     per_process, accum, steps_per_epoch = _batches(cfg, dist.world_size, len(splits.train))

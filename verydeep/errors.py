@@ -83,7 +83,8 @@ class Interrupted(VerydeepError, RuntimeError):
     Not a failure of the run, so the CLI prints it without "error:"; raised (not returned) so
     that no caller, such as the demo's evaluation, goes on as if training had finished."""
 
-    def __init__(self, signal_name: str, message: str):
+    def __init__(self, signal_name: str, message: str, step: int | None = None):
         super().__init__(message)
         self.signal_name = signal_name
+        self.step = step  # the training step it stopped at, when a training stopped
         self.exit_code = exit_code_for_signal(signal.Signals[signal_name])

@@ -3,15 +3,16 @@ tests), and the imagenet profile's dry run."""
 
 import json
 
-from tests.reproduce.conftest import TINY
-from verydeep.cli.main import main
 import pytest
 import torch
 
+from tests.reproduce.conftest import TINY
+from verydeep.cli.main import main
 from verydeep.reproduce.estimate import round_up, wall_clock_hours
 from verydeep.reproduce.findings import VERDICTS
 from verydeep.reproduce.profiles import MINI, all_departures, describe_data, fill_data
 from verydeep.reproduce.reproduction import Request, reproduce
+from verydeep.reproduce.report import paper_numbers
 from verydeep.reproduce.tables import paper_cells
 from verydeep.runtime import Runtime, build_runtime, precision_of, tf32_allowed
 
@@ -25,8 +26,8 @@ def test_every_table_on_tiny_nets(tiny_data, tmp_path):
     seven = next(c for c in report["cells"] if c["row"].startswith("7 nets"))
     assert len(seven["ours"]["net_scales"]) == 7  # fused from saved posteriors, each net at its own Q
     # its jittered D is the FC-only one (the 13th run), not Table 5's
-    assert any("paper_D_multiscale_fconly" in f for f in seven["ours"]["fused_files"])
-    assert not any("paper_D_multiscale.posteriors" in f for f in seven["ours"]["fused_files"])
+    assert any("paper_D_multiscale_fconly" in f for f in seven["ours"]["fused"])
+    assert not any("paper_D_multiscale.posteriors" in f for f in seven["ours"]["fused"])
     assert {f["verdict"] for f in report["findings"]} <= set(VERDICTS)
     # every comparison paired-tested on the cells' per-image results (the fusions' included)
     comparisons = [c for f in report["findings"] for c in f["comparisons"]]

@@ -40,7 +40,7 @@ def test_reproduce_on_two_processes_resumes_after_sigterm(tmp_path):
     # (torchrun's launcher, ending in one line and 128 + the signal instead of torchrun's traceback)
     first = _torchrun(data, out, "paper_D_S256", launcher=LAUNCH)
     assert first.returncode == 143, first.stderr[-3000:]
-    stopped = re.findall(r"verydeep: interrupted by SIGTERM at step (\d+)", first.stderr)
+    stopped = re.findall(r"verydeep: paper_D_S256 interrupted by SIGTERM at step (\d+)", first.stderr)
     assert len(stopped) == 2 and stopped[0] == stopped[1], first.stderr[-3000:]  # both ranks, the same step
     stopped_at = int(stopped[0])
     assert stopped_at < 4  # 4 steps in the run: it stopped before its end

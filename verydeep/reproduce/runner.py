@@ -63,9 +63,11 @@ def train_chain(plan: list[PlannedRun]) -> dict[str, dict]:
         try:
             result = train(run.config(), run.run_dir, resume="auto")
         except Interrupted as e:  # training's advice (--resume) is not this command's way to continue
-            raise Interrupted(e.signal_name, f"{run.name} interrupted by {e.signal_name}: checkpoint "
+            at = f" at step {e.step}" if e.step is not None else ""
+            raise Interrupted(e.signal_name, f"{run.name} interrupted by {e.signal_name}{at}: checkpoint "
                                              f"{run.run_dir / 'last.pt'} written; run the same verydeep reproduce "
-                                             f"command again to resume it (finished runs are skipped)") from None
+                                             f"command again to resume it (finished runs are skipped)",
+                              step=e.step) from None
         finally:  # an interrupted attempt's time counts too
             record["train_seconds"] = record.get("train_seconds", 0.0) + time.perf_counter() - t
             if run.run_dir.is_dir() and current().is_main:

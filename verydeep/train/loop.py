@@ -113,7 +113,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool | str = False, overw
         run.nonfinite.judge_share(state, final=True)
     if stop.raised:
         raise Interrupted(stop.raised, f"{state.stopped_because} at step {state.step}: checkpoint "
-                                       f"{run.run_dir / 'last.pt'} written; continue with --resume")
+                                       f"{run.run_dir / 'last.pt'} written; continue with --resume", step=state.step)
     return result
 
 

@@ -32,6 +32,16 @@ class DistInfo:
         return self.world_size > 1
 
 
+def backend_spec(backend: str, device_type: str) -> str:
+    """The process group's backend for ``parallel.backend`` on a ``device_type``: gloo on CPU;
+    with NCCL, CPU tensors go through gloo (``cpu:gloo,cuda:nccl``), so the host-side collectives
+    (the evaluation's coverage counts and per-image results, the agreed stop after a signal)
+    work under NCCL and never wait on the GPU's stream."""
+    if backend == "auto":
+        backend = "nccl" if device_type == "cuda" else "gloo"
+    return "cpu:gloo,cuda:nccl" if backend == "nccl" else backend
+
+
 def init_distributed(device: str = "auto", backend: str = "auto", timeout_s: float = 1800) -> DistInfo:
     """Join the process group torchrun describes (idempotent); a world of one otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -39,8 +49,7 @@ def init_distributed(device: str = "auto", backend: str = "auto", timeout_s: flo
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
     if world > 1 and not dist.is_initialized():
-        if backend == "auto":
-            backend = "nccl" if dev.type == "cuda" else "gloo"
+        backend = backend_spec(backend, dev.type)
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),

@@ -69,14 +69,16 @@ class StopFlag:
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
-    def agreed(self, distributed: bool, device: torch.device) -> bool:
+    def agreed(self, distributed: bool) -> bool:
         """Whether to stop after this step, the same answer on every rank: under torchrun the
         ranks see a signal at different steps (a rank still in the next step's all-reduce would
         wait forever for one that left), so they stop together after the step in which any of
         them saw it, each then holding the signal's name."""
         if not distributed:
             return self.raised is not None
-        seen = torch.tensor([self.raised == "SIGTERM", self.raised == "SIGINT"], dtype=torch.float32, device=device)
+        # A CPU tensor: under NCCL it goes through the group's gloo side (parallel.distributed),
+        # a host exchange that does not wait for the GPU, so a step keeps no host sync.
+        seen = torch.tensor([self.raised == "SIGTERM", self.raised == "SIGINT"], dtype=torch.float32)
         term, intr = all_reduce_sum(seen).tolist()
         if (term or intr) and not self.raised:
             self.raised = "SIGTERM" if term else "SIGINT"
@@ -153,7 +155,7 @@ def train_one_epoch(run: Run, state: TrainState, stop: StopFlag) -> tuple[int, t
         if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0:
             run.nonfinite.account(state, meter.take_skipped())  # no checkpoint before its steps are judged
             run.save_checkpoint(state, "last.pt")
-        if stop.agreed(run.dist.world_size > 1, run.runtime.device) or state.step >= run.max_steps:
+        if stop.agreed(run.dist.world_size > 1) or state.step >= run.max_steps:
             break
     bar.close()
     run.nonfinite.account(state, meter.take_skipped())  # before the epoch's end (or a signal) checkpoints

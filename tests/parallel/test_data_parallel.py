@@ -64,16 +64,18 @@ def test_ddp_checkpoint_resumes_in_a_single_process(tmp_path):
 
 @pytest.mark.slow
 def test_model_parallel_checkpoints_resume_in_other_modes_through_the_cli(tmp_path):
-    """pipeline (2 stages) -> hybrid DP-conv/TP-FC -> a plain single process, one run directory."""
+    """pipeline (2 stages) -> hybrid DP-conv/TP-FC -> a plain single process, one run directory.
+    A resume starts from the run's own config.yaml, so a new mode overrides the stored keys."""
     data = write_tiny_imagenet(tmp_path / "data")
     run = tmp_path / "run"
     _run([*TORCHRUN, *_train_args(data, run, "--set", "train.epochs=1", "--set", "parallel.pipeline_stages=2",
                                   "--set", "parallel.microbatches=3")])
     assert load_checkpoint(run / "last.pt").train["parallel_mode"] == "pipeline"
-    _run([*TORCHRUN, *_train_args(data, run, "--set", "train.epochs=2", "--set", "parallel.tensor_parallel_fc=true"),
-          "--resume"])
+    _run([*TORCHRUN, *_train_args(data, run, "--set", "train.epochs=2", "--set", "parallel.tensor_parallel_fc=true",
+                                  "--set", "parallel.pipeline_stages=1"), "--resume"])
     assert load_checkpoint(run / "last.pt").train["parallel_mode"] == "hybrid"
-    _run([sys.executable, *_train_args(data, run, "--set", "train.epochs=3"), "--resume"])
+    _run([sys.executable, *_train_args(data, run, "--set", "train.epochs=3", "--set", "parallel.tensor_parallel_fc=false"),
+          "--resume"])
     state = load_checkpoint(run / "last.pt")
     assert state.train["step"] == 12 and state.train["parallel_mode"] == "data_parallel"
     from verydeep.checkpoint import load_model

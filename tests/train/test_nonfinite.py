@@ -156,7 +156,7 @@ def _plant_inf_gradient(monkeypatch, bad_calls):
         loss = real(strategy, *a, **k)
         calls["n"] += 1
         if calls["n"] - 1 in bad_calls:
-            next(p for p in strategy.parameters() if p.grad is not None).grad.view(-1)[0] = float("inf")
+            (g := next(p for p in strategy.parameters() if p.grad is not None).grad)[(0,) * g.dim()] = float("inf")
         return loss
 
     monkeypatch.setattr(step_module, "forward_backward", planted)
@@ -188,7 +188,7 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_and_the_old_one_kept(ti
         run.save_checkpoint(state, "last.pt")
         before = (tmp_path / "run" / "last.pt").read_bytes()
         with torch.no_grad():
-            next(run.strategy.parameters()).view(-1)[0] = float("nan")
+            (p := next(run.strategy.parameters()))[(0,) * p.dim()] = float("nan")
         for name in ("last.pt", "best.pt"):
             with pytest.raises(NonFiniteWeights, match=f"{name} not written.*1 of .* tensors hold NaN or inf "
                                                        r"\(features.0.weight\)") as e:

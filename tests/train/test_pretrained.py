@@ -22,7 +22,7 @@ from verydeep.train.loop import train
 from verydeep.train.optim import build_optimizer, freeze_convolutions
 from verydeep.train.schedules import LRSchedule
 from verydeep.train.start_check import check_start
-from verydeep.train.starting_net import model_from_config
+from verydeep.train.starting_net import model_from_config, starting_net
 from verydeep.train.step import StepSettings, train_step
 from verydeep.train.loss import classification_loss
 from verydeep.parallel.distributed import DistInfo
@@ -57,7 +57,7 @@ def _cfg(data, *overrides):
 def test_weights_copied_and_a_new_head_for_the_data_classes(torchvision_file, tmp_path, caplog):
     cfg = _cfg(tmp_path, f"model.pretrained={torchvision_file}")
     with caplog.at_level(logging.INFO, logger="verydeep.train.starting_net"):
-        start = model_from_config(cfg.model, 3, 32, classes=CLASSES)
+        start = starting_net(cfg.model, 3, 32, classes=CLASSES)
     source = torch.load(torchvision_file, weights_only=True)
     state = start.model.state_dict()
     for key, value in source.items():
@@ -76,11 +76,11 @@ def test_same_classes_keep_the_file_classifier_other_classes_replace_it(tmp_path
     save_weights(net, tmp_path / "same.safetensors", classes=CLASSES)
     save_weights(net, tmp_path / "other.safetensors", classes=["a", "b", "c"])
     cfg = _cfg(tmp_path, f"model.pretrained={tmp_path / 'same.safetensors'}")
-    same = model_from_config(cfg.model, 3, 32, classes=CLASSES)
+    same = starting_net(cfg.model, 3, 32, classes=CLASSES)
     assert torch.equal(same.model.classifier[6].weight, net.classifier[6].weight)
     assert same.pretrained == frozenset(net.state_dict())
     cfg = _cfg(tmp_path, f"model.pretrained={tmp_path / 'other.safetensors'}")
-    other = model_from_config(cfg.model, 3, 32, classes=CLASSES)
+    other = starting_net(cfg.model, 3, 32, classes=CLASSES)
     assert not torch.equal(other.model.classifier[6].weight, net.classifier[6].weight)
     assert "classifier.6.weight" not in other.pretrained
 
@@ -92,8 +92,8 @@ def test_head_size_and_fc_width_follow_the_file(tmp_path):
     torch.save(create_model("A", num_classes=5, width=0.0625, head_size=2, fc_features=24).state_dict(), path)
     overrides = [o for o in TINY_OVERRIDES if not o.startswith("model.fc_features")]
     cfg = load_config(None, [*overrides, f"model.pretrained={path}"])
-    start = model_from_config(cfg.model, 3, 32)
-    assert (start.model.spec.head_size, start.model.spec.fc_features) == (2, 24)
+    model = model_from_config(cfg.model, 3, 32)
+    assert (model.spec.head_size, model.spec.fc_features) == (2, 24)
 
 
 def test_a_layer_that_does_not_fit_is_one_line(torchvision_file, tmp_path):

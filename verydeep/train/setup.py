@@ -24,7 +24,7 @@ from verydeep.data.loaders import TrainLoader
 from verydeep.data.stats import resolve_stats
 from verydeep.checkpoint import load
 from verydeep.errors import CheckpointError
-from verydeep.train.starting_net import model_from_config
+from verydeep.train.starting_net import starting_net
 from verydeep.models.vgg import VGGSpec
 from verydeep.parallel.distributed import DistInfo, barrier, init_distributed
 from verydeep.parallel.strategy import ParallelStrategy, build_strategy
@@ -255,8 +255,8 @@ def _build(cfg: Config, folder: RunFolder, dist: DistInfo, splits: Splits) -> tu
     change = ckpt and schedule_change(ckpt.config, cfg, ckpt.state.step, steps_per_epoch)
     if change and dist.is_main:
         log.warning("%s", change)
-    start = model_from_config(cfg.model, len(splits.classes), cfg.data.crop_size, classes=splits.classes,
-                              pretrained=pretrained)
+    start = starting_net(cfg.model, len(splits.classes), cfg.data.crop_size, classes=splits.classes,
+                         pretrained=pretrained)
     model = start.model
     if cfg.model.freeze_convs:
         log.info("model.freeze_convs: %d conv-layer tensors frozen; the FC layers train", freeze_convolutions(model))

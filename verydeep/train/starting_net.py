@@ -28,11 +28,17 @@ class StartingNet:
     pretrained: frozenset[str] = frozenset()
 
 
-def model_from_config(cfg: ModelConfig, num_classes: int, crop_size: int, *, classes: list[str] | None = None,
-                      pretrained: Checkpoint | None = None) -> StartingNet:
+def model_from_config(cfg: ModelConfig, num_classes: int, crop_size: int, *,
+                      classes: list[str] | None = None) -> VGG:
     """A fresh net: init scheme, then (optionally) a shallower net's layers, full weights or
-    pretrained ones (``pretrained``: ``cfg.pretrained`` loaded already, else it is loaded here;
-    ``classes``: the data's, compared with the classes the file records)."""
+    pretrained ones (``classes``: the data's, compared with the classes a pretrained file records)."""
+    return starting_net(cfg, num_classes, crop_size, classes=classes).model
+
+
+def starting_net(cfg: ModelConfig, num_classes: int, crop_size: int, *, classes: list[str] | None = None,
+                 pretrained: Checkpoint | None = None) -> StartingNet:
+    """:func:`model_from_config`'s net, and which of its tensors came from ``model.pretrained``
+    (``pretrained``: that file, loaded already; else it is loaded here)."""
     spec = spec_from_config(cfg, num_classes, crop_size)
     if cfg.pretrained:
         pretrained = pretrained or load(cfg.pretrained)

@@ -33,6 +33,9 @@ class OptimConfig:
     # Exempt biases and norm parameters from weight decay (a modern refinement; the paper decays all).
     no_decay_bias_norm: bool = False
     grad_clip: float | None = None  # max global grad norm; None: off
+    # Fine-tuning (model.pretrained): the layers loaded from the file train at lr x this, the new
+    # classifier at lr (the schedule scales both). 1: one LR for all.
+    pretrained_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -41,6 +44,9 @@ class OptimConfig:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.pretrained_lr_scale) and self.pretrained_lr_scale > 0):
+            raise ValueError(f"pretrained_lr_scale must be a finite number > 0 (to keep layers fixed, set "
+                             f"model.freeze_convs), got {self.pretrained_lr_scale}")
         if len(self.betas) != 2:
             raise ValueError(f"betas must have two values, got {self.betas}")
 

@@ -44,8 +44,9 @@ def _poison(monkeypatch, bad_calls):
 def device_guard(monkeypatch):
     """The run's optimiser fused, as on CUDA: the step drops a non-finite update on the device
     and the loop learns of it when it reads the losses back."""
-    def fused(model, cfg, device):
-        return torch.optim.SGD(parameter_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum, fused=True)
+    def fused(model, cfg, device, pretrained=frozenset()):
+        return torch.optim.SGD(parameter_groups(model, cfg, pretrained), lr=cfg.lr, momentum=cfg.momentum,
+                               fused=True)
 
     monkeypatch.setattr(run_setup, "build_optimizer", fused)
 

@@ -137,6 +137,7 @@ TRAINING_SHORTHANDS = {
     "workers": "data.workers",
     "device": "train.device",
     "amp": "train.amp",
+    "pretrained": "model.pretrained",
 }
 
 
@@ -157,6 +158,9 @@ def add_training(p: argparse.ArgumentParser, *, config_default: str | None = Non
     add_workers(g, what="data.workers: training data loading")
     add_device(g, default=None, key="train.device")
     add_amp(g, default=None, key="train.amp")
+    g.add_argument("--pretrained", metavar="FILE",
+                   help="model.pretrained: fine-tune these weights (a torchvision .pth state dict, a .safetensors "
+                        "export, a verydeep checkpoint or run folder) with a new classifier for the data's classes")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
                    help="continue a run from its last.pt: the run folder RUN_DIR (or --out), with the run's own "
                         "config.yaml and the overrides given now (e.g. --epochs)")
@@ -212,6 +216,9 @@ FOREIGN_FLAGS = {
     "--log-interval": "--set train.log_every=N",
     "--seed": "--set train.seed=N",
     "--channels-last": "--set train.channels_last=true",
+    "--weights": "--pretrained FILE (a .pth state dict, .safetensors or run folder; the net: --model NAME)",
+    "--initial-checkpoint": "--pretrained FILE",
+    "--num-classes": "the class folders of --data (the classifier is made for them; model.num_classes)",
     "--test-only": "verydeep eval --checkpoint RUN_DIR --data DIR",
     "--world-size": "torchrun --nproc_per_node N (the processes set it)",
     "--dist-url": "torchrun --rdzv_endpoint HOST:PORT",

@@ -28,7 +28,17 @@ class ModelConfig:
     init_from_convs: int = 4  # -1: every conv that has a counterpart
     # Start from a full set of weights (e.g. S=384 from the S=256 net, or torchvision's).
     weights: str | None = None
+    # Fine-tune pretrained weights (`verydeep train --pretrained FILE`; verydeep.train.pretrained):
+    # a torchvision state dict, a .safetensors export, a verydeep checkpoint or run folder holding
+    # the configured net. Every tensor is copied; the last FC layer is new when the file's classes
+    # are not the dataset's. The run's data normalisation becomes the file's input convention.
+    pretrained: str | None = None
     caffe_bgr: bool = False  # the weights expect BGR input (Caffe): flip conv1's channels
     # Fine-tune the FC layers only (the paper's last ILSVRC ensemble member, Sec. 4.5): the conv
     # layers (and their batch norm) keep their weights, out of the optimiser, requires_grad off.
     freeze_convs: bool = False
+
+    def __post_init__(self) -> None:
+        given = [key for key in ("init_from", "weights", "pretrained") if getattr(self, key)]
+        if len(given) > 1:
+            raise ValueError(f"{' and '.join(given)} are exclusive: a run starts from one set of weights")

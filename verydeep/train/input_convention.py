@@ -1,21 +1,24 @@
 """The input convention a net was trained with, and the check that a run starting from another
-net's weights (``model.init_from``, ``model.weights``) feeds its layers the same kind of input.
+net's weights (``model.init_from``, ``model.weights``) feeds its layers the same kind of input;
+a fine-tuning run (``model.pretrained``) takes the convention of its file instead.
 
 The paper's nets take pixels in 0..255 minus the mean RGB (``data.normalize: caffe``);
 torchvision's take (x - mean) / std in [0, 1] (``mean_std``). The two differ by a factor of
 about 255 / 0.23 in the first layer's input, so weights trained under one convention and
 fine-tuned under the other start from a net that sees garbage. A training checkpoint records
 its convention in its config (``data``), an exported file in its ``preprocessing``; the
-authors' Caffe weights (``model.caffe_bgr``) are the Caffe convention by definition.
+authors' Caffe weights (``model.caffe_bgr``) are the Caffe convention by definition. A bare
+state dict records none: for fine-tuning it is taken to be torchvision's, with a warning.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from verydeep.checkpoint import Checkpoint, load
 from verydeep.config import Config
-from verydeep.data.config import NORMALIZATIONS
+from verydeep.data.config import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS
 from verydeep.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -25,6 +28,8 @@ CAFFE_MEAN_PIXEL = [123.68 / 255, 116.779 / 255, 103.939 / 255]
 # Means closer than this (in 0..255 pixel levels) are the same convention for fine-tuning: the
 # training set's own mean and ImageNet's published one differ by a few levels.
 MEAN_TOLERANCE_LEVELS = 3.0
+# torchvision's pretrained weights: (x - mean) / std on RGB in [0, 1], ImageNet's mean and std.
+TORCHVISION_CONVENTION = {"normalize": "mean_std", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
 
 
 def recorded_convention(ckpt: Checkpoint, *, caffe_bgr: bool = False) -> dict | None:
@@ -79,3 +84,24 @@ def check_start_weights(cfg: Config, *, warn: bool = True) -> None:
                               "mean/std) or start from a net trained with this run's convention")
     if warn:
         log.warning("INPUT CONVENTION: %s=%s: %s; the net will see shifted inputs", key, source, why)
+
+
+def pretrained_convention(cfg: Config, ckpt: Checkpoint, *, warn: bool = True) -> Config:
+    """``cfg`` with ``data.normalize``, ``mean`` and ``std`` set to what the fine-tuned file
+    (``model.pretrained``) was trained with: the convention it records, else torchvision's (said
+    in a warning, when ``warn``)."""
+    source = cfg.model.pretrained
+    convention = recorded_convention(ckpt, caffe_bgr=cfg.model.caffe_bgr)
+    if convention is None:
+        convention = TORCHVISION_CONVENTION
+        if warn:
+            log.warning("model.pretrained=%s records no input convention (a bare state dict): taking torchvision's, "
+                        "data.normalize=mean_std with ImageNet's mean %s and std %s on RGB in [0, 1]; for the "
+                        "authors' Caffe weights set model.caffe_bgr=true", source, IMAGENET_MEAN, IMAGENET_STD)
+    elif warn:
+        log.info("model.pretrained=%s: data.normalize=%s, mean %s, std %s, as the file records", source,
+                 convention["normalize"], convention["mean"], convention["std"])
+    data = dataclasses.replace(cfg.data, normalize=convention["normalize"],
+                               mean=list(convention["mean"] or cfg.data.mean),
+                               std=list(convention["std"] or cfg.data.std))
+    return dataclasses.replace(cfg, data=data)

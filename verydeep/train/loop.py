@@ -144,7 +144,7 @@ def train_one_epoch(run: Run, state: TrainState, stop: StopFlag) -> tuple[int, t
         state.step += 1
         state.batch_in_epoch += 1
         bad_files += len(bad)
-        lr = run.optimizer.param_groups[0]["lr"]
+        lr = run.schedule.lr(state.step - 1)  # the step's LR (a fine-tuning run's pretrained layers: x a scale)
         run.metrics.scalar("lr", lr, state.step)  # every step; the train records' lr is not mirrored again
         if state.step % cfg.log_every == 0 or state.batch_in_epoch == run.steps_per_epoch:
             _log_train(run, state, meter, lr, bar)

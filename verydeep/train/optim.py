@@ -5,10 +5,31 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from verydeep.models.weights import clean_state_dict
 from verydeep.training_config import OptimConfig
 
 
-def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+def parameter_groups(model: nn.Module, cfg: OptimConfig, pretrained: frozenset[str] = frozenset()) -> list[dict]:
+    """The trainable parameters in groups: by weight decay (``no_decay_bias_norm``), and, for a
+    fine-tuning run, by LR: those loaded from the pretrained file (``pretrained``: their
+    torchvision names; :mod:`verydeep.train.pretrained`) get ``lr_scale`` =
+    ``optim.pretrained_lr_scale``, which the step multiplies the schedule's LR by. The new
+    layers' groups come first."""
+    groups = _decay_groups(model, cfg)
+    if not pretrained or cfg.pretrained_lr_scale == 1.0:
+        return groups
+    names = {id(p): name for name, p in clean_state_dict(dict(model.named_parameters())).items()}
+    new, loaded = [], []
+    for group in groups:
+        params = [p for p in group["params"] if names[id(p)] not in pretrained]
+        scaled = [p for p in group["params"] if names[id(p)] in pretrained]
+        new += [{**group, "params": params}] if params else []
+        loaded += [{**group, "params": scaled, "lr": cfg.lr * cfg.pretrained_lr_scale,
+                    "lr_scale": cfg.pretrained_lr_scale}] if scaled else []
+    return new + loaded
+
+
+def _decay_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     if not cfg.no_decay_bias_norm:
         return [{"params": [p for p in model.parameters() if p.requires_grad],
                  "weight_decay": cfg.weight_decay}]
@@ -50,8 +71,9 @@ def kernel_choice(params: list[nn.Parameter], device: torch.device) -> dict:
     return {"foreach": True}
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, cfg)
+def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device,
+                    pretrained: frozenset[str] = frozenset()) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, cfg, pretrained)
     extra = kernel_choice([p for g in groups for p in g["params"]], device)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **extra)

@@ -22,8 +22,9 @@ from verydeep.config import Config, ConfigError, save_config
 from verydeep.data import Splits, build_train_loader
 from verydeep.data.loaders import TrainLoader
 from verydeep.data.stats import resolve_stats
+from verydeep.checkpoint import load
 from verydeep.errors import CheckpointError
-from verydeep.train.starting_net import model_from_config
+from verydeep.train.starting_net import starting_net
 from verydeep.models.vgg import VGGSpec
 from verydeep.parallel.distributed import DistInfo, barrier, init_distributed
 from verydeep.parallel.strategy import ParallelStrategy, build_strategy
@@ -33,7 +34,7 @@ from verydeep.train.checkpoint import (
     load_training_checkpoint,
     save_training_checkpoint,
 )
-from verydeep.train.input_convention import check_start_weights
+from verydeep.train.input_convention import check_start_weights, pretrained_convention
 from verydeep.train.ema import ModelEMA
 from verydeep.train.loss import classification_loss
 from verydeep.train.metrics import MetricsLog
@@ -172,6 +173,11 @@ def _resumed_state(ckpt: TrainingCheckpoint, run: Run) -> TrainState:
 def _log_plan(run: Run, accum: int, per_process: int) -> None:
     cfg, splits = run.cfg, run.splits
     log.info("parallelism: %s", run.strategy.describe())
+    scaled = [g for g in run.optimizer.param_groups if "lr_scale" in g]
+    if scaled:
+        log.info("optim.pretrained_lr_scale=%g: %d pretrained tensors train at lr x %g, the %d new ones at lr",
+                 cfg.optim.pretrained_lr_scale, sum(len(g["params"]) for g in scaled), cfg.optim.pretrained_lr_scale,
+                 sum(len(g["params"]) for g in run.optimizer.param_groups if "lr_scale" not in g))
     log.info("run %s: %d train / %d val images, %d classes (val layout: %s); %d steps/epoch, "
              "global batch %d = %d process(es) x %d accumulation x %d", run.run_dir, len(splits.train),
              len(splits.val), len(splits.classes), splits.val_layout, run.steps_per_epoch, cfg.train.batch_size,
@@ -241,6 +247,9 @@ def _build(cfg: Config, folder: RunFolder, dist: DistInfo, splits: Splits) -> tu
     if dist.is_main:
         log.info("precision: %s (train.amp=%s)", runtime.precision(), cfg.train.amp)
     cfg = _with_dataset_stats(cfg, splits, dist.is_main)
+    pretrained = load(cfg.model.pretrained) if cfg.model.pretrained else None
+    if pretrained is not None:  # fine-tuning: the run's input is the one the file's net was trained on
+        cfg = pretrained_convention(cfg, pretrained, warn=dist.is_main)
     check_start_weights(cfg, warn=dist.is_main)  # init_from / weights trained on the same kind of input
     per_process, accum, steps_per_epoch = _batches(cfg, dist.world_size, len(splits.train))
 
@@ -248,7 +257,9 @@ def _build(cfg: Config, folder: RunFolder, dist: DistInfo, splits: Splits) -> tu
     change = ckpt and schedule_change(ckpt.config, cfg, ckpt.state.step, steps_per_epoch)
     if change and dist.is_main:
         log.warning("%s", change)
-    model = model_from_config(cfg.model, len(splits.classes), cfg.data.crop_size)
+    start = starting_net(cfg.model, len(splits.classes), cfg.data.crop_size, classes=splits.classes,
+                         pretrained=pretrained)
+    model = start.model
     if cfg.model.freeze_convs:
         log.info("model.freeze_convs: %d conv-layer tensors frozen; the FC layers train", freeze_convolutions(model))
     if ckpt is not None:
@@ -262,7 +273,7 @@ def _build(cfg: Config, folder: RunFolder, dist: DistInfo, splits: Splits) -> tu
     metrics = MetricsLog(run_dir, enabled=dist.is_main, tensorboard=cfg.train.tensorboard)
     run = Run(
         cfg=cfg, run_dir=run_dir, dist=dist, runtime=runtime, splits=splits, spec=model.spec, strategy=strategy,
-        optimizer=build_optimizer(strategy.local_module, cfg.optim, runtime.device),
+        optimizer=build_optimizer(strategy.local_module, cfg.optim, runtime.device, start.pretrained),
         scaler=torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype is torch.float16),
         schedule=LRSchedule(cfg.schedule, cfg.optim.lr, steps_per_epoch, cfg.train.epochs, cfg.train.max_iterations),
         step_settings=StepSettings(seed=cfg.train.seed, amp_dtype=runtime.amp_dtype,

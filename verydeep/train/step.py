@@ -86,8 +86,8 @@ def train_step(strategy: ParallelStrategy, optimizer: torch.optim.Optimizer, sca
     otherwise the loop raises when it reads the status back.
     """
     lr = schedule.lr(step)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    for group in optimizer.param_groups:  # a fine-tuning run's pretrained layers: lr x optim.pretrained_lr_scale
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     torch.manual_seed(step_seed(settings.seed, step, strategy.dist.rank))
     loss = forward_backward(strategy, images, labels, settings.loss_fn, settings.amp_dtype, scaler).detach()
     if not settings.check_finite:

@@ -61,6 +61,7 @@ from pathlib import Path
 
 import torch
 
+from verydeep.atomic_write import plain_file_mode
 from verydeep.data.config import NORMALIZATIONS
 from verydeep.errors import CheckpointError, CheckpointNotFoundError, OutputError
 from verydeep.models.vgg import VGG, VGGSpec
@@ -131,21 +132,6 @@ def resolve(path: str | Path) -> Path:
 # ----------------------------------------------------------------------------- writing
 
 
-def _umask() -> int:
-    """The process umask, read without changing it where Linux allows (``os.umask`` sets it,
-    for a moment, for every thread)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _write_failure(path: Path, e: Exception) -> OutputError:
     """The one-line error of a write the system refused (disk full, read-only, ...)."""
     if isinstance(e, OSError) and e.strerror:
@@ -173,7 +159,7 @@ def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
     try:
         os.close(fd)
         write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # after the write: safetensors replaces the file it is given
+        os.chmod(tmp, plain_file_mode())  # after the write: safetensors replaces the file it is given
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -3,8 +3,11 @@ picks the same ones again when it resumes."""
 
 import json
 
+import pytest
+
 from verydeep.config import load_config
 from verydeep.data import discover
+from verydeep.errors import CheckpointError, UsageError
 from verydeep.train.loop import train
 from verydeep.train.setup import setup
 
@@ -23,6 +26,9 @@ def test_a_run_selects_on_held_out_training_images(tiny_imagenet, tmp_path):
     assert result.steps == 3
     resumed = train(_cfg(tiny_imagenet, "train.epochs=2"), tmp_path / "run", resume=True)
     assert resumed.steps == 6
+    # another held-out set would select on images the run trained on: refused, naming the key
+    with pytest.raises((CheckpointError, UsageError), match="data.holdout"):
+        train(_cfg(tiny_imagenet, "train.epochs=3", "data.holdout=3"), tmp_path / "run", resume=True)
 
 
 def test_the_training_loader_never_holds_a_held_out_image(tiny_imagenet, tmp_path):

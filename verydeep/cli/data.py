@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from verydeep.cli.vocabulary import add_data, add_json, add_out, add_workers, dataset_folder, emit_json
-from verydeep.data.demo import CLASS_SETS
+from verydeep.data.demo_classes import CLASS_SETS
 from verydeep.errors import UsageError
 
 

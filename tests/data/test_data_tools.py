@@ -118,3 +118,27 @@ def test_demo_object_scale_and_colour_independent_of_class():
     # Mean object-centre colour of the two classes is about the same (mid-grey): colour says nothing.
     means = [np.mean(v, 0) for v in colours.values()]
     assert np.abs(means[0] - means[1]).max() < 60
+
+
+def test_the_alt_demo_classes_are_another_set(tmp_path):
+    """The second generator (``--classes alt``): ten other shapes under other wnids, drawn the
+    same way, written by the command line."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from verydeep.data import ALT_CLASSES, CLASS_SETS
+
+    assert CLASS_SETS["shapes"] == DEMO_CLASSES and len(ALT_CLASSES) == len(DEMO_CLASSES)
+    assert not {w for w, _ in ALT_CLASSES} & {w for w, _ in DEMO_CLASSES}
+    assert not {n for _, n in ALT_CLASSES} & {n for _, n in DEMO_CLASSES}
+    out = tmp_path / "alt"
+    done = subprocess.run([sys.executable, "-m", "verydeep", "data", "demo", "--classes", "alt", "--out", str(out),
+                           "--train-per-class", "2", "--val-per-class", "1"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    s = discover(DataConfig(root=str(out), index_cache=str(tmp_path / "cache")))
+    assert s.classes == sorted(w for w, _ in ALT_CLASSES) and len(s.train) == 20 and len(s.val) == 10
+    assert s.class_names[ALT_CLASSES[0][0]] == "pentagon"
+    with pytest.raises(ValueError, match="demo classes 'nope'"):
+        make_demo_dataset(tmp_path / "x", classes="nope")

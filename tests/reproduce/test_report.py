@@ -135,6 +135,28 @@ def test_mini_prose_quotes_the_datas_counts():
     assert whats[-2].startswith("precision: training in bf16") and "best.pt" in whats[-1]
 
 
+def test_the_mini_report_says_its_choices_were_made_on_held_out_training_images():
+    from verydeep.config import load_config
+    from verydeep.reproduce.profiles import IMAGENET
+
+    data = describe_data(10, 4000, 1500, 500)
+    assert data == "10 classes, 4,000 training (500 of them held out for model selection) / 1,500 validation images"
+    mini = all_departures(MINI, "fp32", "fp32", "floor", data)
+    selection = [d.what for d in mini if d.what.startswith("each net is its best.pt")]
+    assert selection == [d for d in selection if f"{MINI.holdout} training images of each class held out" in d]
+    assert len(selection) == 1 and "not on the validation set" in selection[0]
+    assert f"data.holdout={MINI.holdout}" in MINI.run_overrides("paper_A_S256", load_config("paper_A_S256"))
+    # the settings themselves: each says it was chosen on held-out training images, with figures
+    chosen = [d for d in mini if "held-out" in d.measured]
+    assert {"init", "dropout", "plateau"} <= {w for d in chosen for w in ("init", "dropout", "plateau")
+                                              if w in d.what}
+    # the imagenet profile keeps the paper's protocol: selection on the validation set, a departure
+    imagenet = [d.what for d in all_departures(IMAGENET, "fp32", "fp32", "ceil")]
+    assert IMAGENET.holdout == 0 and any("on the validation set, the same images the tables report" in w
+                                         for w in imagenet)
+    assert "data.holdout=" not in " ".join(IMAGENET.run_overrides("paper_A_S256", load_config("paper_A_S256")))
+
+
 def test_report_png_has_a_y_equals_x_line_and_labels_that_do_not_overlap():
     """Issue 19: overlapping labels and no y = x line. Ours equal to the paper's, slightly
     shifted: every cell near the diagonal, the densest case."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from verydeep.cli.vocabulary import add_data, add_json, add_out, add_workers, dataset_folder, emit_json
+from verydeep.data.demo_classes import CLASS_SETS
 from verydeep.errors import UsageError
 
 
@@ -52,6 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--train-per-class", type=int, default=240)
     q.add_argument("--val-per-class", type=int, default=60)
+    q.add_argument("--classes", choices=tuple(CLASS_SETS), default="shapes",
+                   help="the class set: shapes (default) or alt, ten other shapes (a second data set of the same kind)")
     q.set_defaults(func=run_demo)
 
 
@@ -139,6 +142,6 @@ def run_demo(args) -> int:
     from verydeep.data import make_demo_dataset
 
     r = make_demo_dataset(args.out or "data/demo", seed=args.seed, train_per_class=args.train_per_class,
-                          val_per_class=args.val_per_class)
+                          val_per_class=args.val_per_class, classes=args.classes)
     print(f"demo dataset in {r['root']}: {r['classes']} classes, {r['train']} train, {r['val']} val images")
     return 0

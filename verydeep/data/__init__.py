@@ -11,7 +11,8 @@ from verydeep.lazy_exports import lazy_exports
 EXPORTS = {
     "verydeep.data.config": ("DataConfig",),
     "verydeep.data.decode": ("load_image",),
-    "verydeep.data.demo": ("DEMO_CLASSES", "make_demo_dataset"),
+    "verydeep.data.demo": ("make_demo_dataset",),
+    "verydeep.data.demo_classes": ("ALT_CLASSES", "CLASS_SETS", "DEMO_CLASSES"),
     "verydeep.data.errors": ("BadImageError", "DataError"),
     "verydeep.data.layouts": ("Splits", "discover"),
     "verydeep.data.loaders": ("build_eval_loader", "build_train_loader", "epoch_permutation", "sample_rng"),

@@ -58,6 +58,12 @@ class DataConfig:
     # wnid -> human name ("<wnid> <name>" per line, LOC_synset_mapping.txt). None: looked for.
     synset_names: str | None = None
     index_cache: str | None = None  # folder for the cached file index; None: ~/.cache/verydeep
+    # Model selection on held-out training images (verydeep.data.holdout): this many training
+    # images of each class (an integer >= 1), or this fraction of each class (a number in (0, 1)),
+    # are left out of training and validate the run (best.pt, the plateau rule) in place of the
+    # validation set; evaluations still score the validation set. 0: validate on the validation set.
+    holdout: int | float = 0
+    holdout_seed: int = 0  # which images are held out (with the class id; the same on every rank)
 
     # --- training transform (paper Sec. 3.1) ----------------------------------------------
     train_transform: str = "scale_jitter"  # scale_jitter | random_resized_crop
@@ -150,5 +156,8 @@ class DataConfig:
             raise ValueError("randaugment_ops must be >= 1 and randaugment_magnitude in [0, 30]")
         if self.decode not in DECODERS:
             raise ValueError(f"decode={self.decode!r}; expected one of {', '.join(DECODERS)}")
+        if self.holdout < 0 or (self.holdout >= 1 and self.holdout != int(self.holdout)):
+            raise ValueError(f"holdout={self.holdout!r} must be 0 (off), a fraction in (0, 1) or a whole number of "
+                             "images per class")
         if (self.workers is not None and self.workers < 0) or self.prefetch_factor < 1 or self.max_bad_retries < 0:
             raise ValueError("workers and max_bad_retries must be >= 0 and prefetch_factor >= 1")

@@ -6,6 +6,10 @@ varies more than 4x, image sizes and aspect ratios vary. Written as ImageNet is 
 ``train/<wnid>/<wnid>_<k>.JPEG``, a flat ``val/ILSVRC2012_val_<k>.JPEG`` with Kaggle's
 ``LOC_val_solution.csv`` (with the object's bounding box) and ``LOC_synset_mapping.txt``.
 Deterministic by seed: every image is drawn from its own generator (seed, split, number).
+
+Two class sets (``CLASS_SETS``, ``verydeep data demo --classes``): ``shapes`` (the default,
+above) and ``alt``, ten other shapes with other wnids, drawn the same way: a second data set of
+the same kind, to check that settings chosen on one carry to another.
 """
 
 from __future__ import annotations
@@ -16,12 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-# (wnid, name): the wnids sort in this order, so the class index is the position here.
-DEMO_CLASSES = [
-    ("n90000001", "disc"), ("n90000002", "ring"), ("n90000003", "triangle"), ("n90000004", "square"),
-    ("n90000005", "star"), ("n90000006", "cross"), ("n90000007", "crescent"), ("n90000008", "arrow"),
-    ("n90000009", "heart"), ("n90000010", "hourglass"),
-]
+from verydeep.data.demo_classes import CLASS_SETS
 
 SUPERSAMPLE = 2  # shapes are drawn at 2x and box-filtered down: anti-aliased edges
 CLUTTER = (4, 12)  # background strokes, arcs and blobs per image (inclusive range)
@@ -66,6 +65,18 @@ SHAPES = {
     "arrow": [(np.array([[-1, -.22], [.15, -.22], [.15, -.6], [1, 0], [.15, .6], [.15, .22], [-1, .22]]), 255)],
     "heart": [(_heart(), 255)],
     "hourglass": [(np.array([[-.7, -1], [.7, -1], [.1, 0], [.7, 1], [-.7, 1], [-.1, 0]]), 255)],
+    # the alt set
+    "pentagon": [(_regular(5), 255)],
+    "hexagon": [(_regular(6, 0.0), 255)],
+    "ellipse": [(_circle() * np.array([1.0, 0.5]), 255)],
+    "semicircle": [(np.concatenate([_circle(25)[:13], [[-1.0, 0.0]]]) * np.array([1, -1]) + [0, 0.4], 255)],
+    "diamond": [(np.array([[0, -1], [.55, 0], [0, 1], [-.55, 0]]), 255)],
+    "letter_L": [(np.array([[-.7, -1], [-.2, -1], [-.2, .5], [.7, .5], [.7, 1], [-.7, 1]]), 255)],
+    "letter_T": [(np.array([[-1, -1], [1, -1], [1, -.5], [.25, -.5], [.25, 1], [-.25, 1], [-.25, -.5], [-1, -.5]]),
+                  255)],
+    "trapezoid": [(np.array([[-.45, -.6], [.45, -.6], [1, .6], [-1, .6]]), 255)],
+    "frame": [(_regular(4, np.pi / 4) * 0.95, 255), (_regular(4, np.pi / 4) * 0.55, 0)],
+    "chevron": [(np.array([[-1, -.9], [-.4, -.9], [.6, 0], [-.4, .9], [-1, .9], [0, 0]]), 255)],
 }
 
 
@@ -147,16 +158,21 @@ def render_demo_image(rng: np.random.Generator, shape: str, min_short: int = 72,
 
 
 def make_demo_dataset(out_dir, seed: int = 0, train_per_class: int = 240, val_per_class: int = 60,
-                      min_short: int = 72, max_short: int = 128, quality: int = 90, progress: bool = True) -> dict:
-    """Write the demo dataset to ``out_dir`` (see module doc); returns counts and paths."""
+                      min_short: int = 72, max_short: int = 128, quality: int = 90, progress: bool = True,
+                      classes: str = "shapes") -> dict:
+    """Write the demo dataset to ``out_dir`` (see module doc), its classes the set named
+    ``classes`` (``CLASS_SETS``); returns counts and paths."""
     from verydeep.progress import progress_bar
 
+    if classes not in CLASS_SETS:
+        raise ValueError(f"demo classes {classes!r}; expected one of {', '.join(CLASS_SETS)}")
+    class_list = CLASS_SETS[classes]
     out = Path(out_dir)
     (out / "val").mkdir(parents=True, exist_ok=True)
-    n_classes = len(DEMO_CLASSES)
+    n_classes = len(class_list)
     total = n_classes * (train_per_class + val_per_class)
     bar = progress_bar(total=total, desc="demo images", unit="img", disable=not progress)
-    for c, (wnid, name) in enumerate(DEMO_CLASSES):
+    for c, (wnid, name) in enumerate(class_list):
         d = out / "train" / wnid
         d.mkdir(parents=True, exist_ok=True)
         for k in range(train_per_class):
@@ -167,7 +183,7 @@ def make_demo_dataset(out_dir, seed: int = 0, train_per_class: int = 240, val_pe
     labels = np.random.default_rng([seed, 1]).permutation(np.repeat(np.arange(n_classes), val_per_class))
     rows = []
     for k, c in enumerate(labels, 1):
-        wnid, name = DEMO_CLASSES[c]
+        wnid, name = class_list[c]
         img, box = render_demo_image(np.random.default_rng([seed, 2, k]), name, min_short, max_short)
         image_id = f"ILSVRC2012_val_{k:08d}"
         img.save(out / "val" / f"{image_id}.JPEG", quality=quality)
@@ -175,6 +191,6 @@ def make_demo_dataset(out_dir, seed: int = 0, train_per_class: int = 240, val_pe
         bar.update()
     bar.close()
     (out / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "\n".join(rows) + "\n")
-    (out / "LOC_synset_mapping.txt").write_text("".join(f"{w} {n}\n" for w, n in DEMO_CLASSES))
+    (out / "LOC_synset_mapping.txt").write_text("".join(f"{w} {n}\n" for w, n in class_list))
     return {"root": str(out), "classes": n_classes, "train": n_classes * train_per_class,
             "val": len(labels)}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from verydeep.data.config import DataConfig
 from verydeep.data.errors import DataError
+from verydeep.data.holdout import split_holdout
 from verydeep.data.index_cache import FolderIndex, scan_folder
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,14 @@ class Splits:
     # (path, reason) of entries the file index skipped: links to folders indexed already
     # (symlink loops, duplicates), non-regular files, broken links
     problems: list[tuple[str, str]] = field(default_factory=list)
+    # training images held out of ``train`` for model selection (data.holdout); empty: none
+    holdout: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def selection(self) -> list[tuple[str, int]]:
+        """The images a training run validates on (best.pt, the plateau rule): the held-out
+        training images when there are any, else the validation set."""
+        return self.holdout or self.val
 
     @property
     def num_classes(self) -> int:
@@ -55,7 +64,8 @@ class Splits:
 
     def summary(self) -> str:
         labels = f" ({self.val_labels})" if self.val_labels else ""
-        return (f"{len(self.classes)} classes; train: {len(self.train)} images in {self.train_dir}; "
+        held = f" ({len(self.holdout)} more held out for model selection)" if self.holdout else ""
+        return (f"{len(self.classes)} classes; train: {len(self.train)} images in {self.train_dir}{held}; "
                 f"val: {len(self.val)} images in {self.val_dir}, layout {self.val_layout}{labels}")
 
 
@@ -372,9 +382,10 @@ def discover(cfg: DataConfig, classes: list[str] | None = None) -> Splits:
     if not classes:
         raise DataError(f"no training folder found (looked for {root / 'train' if root else 'data.train_dir'})")
     class_names = {c: names[c] for c in classes if c in names}
+    train_samples, held_out = split_holdout(train_samples, classes, cfg.holdout, cfg.holdout_seed)
     splits = Splits(train_samples, val_samples, classes, class_names, layout,
                     str(train) if train else None, str(val) if val else None,
-                    str(labels_file) if labels_file else None, problems)
+                    str(labels_file) if labels_file else None, problems, held_out)
     _warn_problems(problems)
     log.info("data: %s", splits.summary())
     return splits

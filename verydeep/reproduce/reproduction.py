@@ -85,7 +85,8 @@ def data_counts(req: Request, plan: list[PlannedRun]) -> str | None:
     if not req.data.exists() or not plan:
         return None
     splits = discover(plan[0].config().data)
-    return describe_data(len(splits.classes), len(splits.train), len(splits.val))
+    return describe_data(len(splits.classes), len(splits.train) + len(splits.holdout), len(splits.val),
+                         len(splits.holdout))
 
 
 def ensure_dataset(req: Request) -> None:

@@ -182,6 +182,9 @@ def _log_plan(run: Run, accum: int, per_process: int) -> None:
              "global batch %d = %d process(es) x %d accumulation x %d", run.run_dir, len(splits.train),
              len(splits.val), len(splits.classes), splits.val_layout, run.steps_per_epoch, cfg.train.batch_size,
              run.dist.world_size, accum, per_process // accum)
+    if splits.holdout:
+        log.info("model selection (best.pt, the plateau rule) on %d held-out training images (data.holdout=%s, "
+                 "seed %d), not on the validation set", len(splits.holdout), cfg.data.holdout, cfg.data.holdout_seed)
 
 
 def _with_dataset_stats(cfg: Config, splits: Splits, is_main: bool) -> Config:

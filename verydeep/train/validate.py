@@ -25,7 +25,7 @@ def validate(strategy: ParallelStrategy, cfg: Config, splits: Splits, *, per_pro
     device = runtime.device
     was_training = strategy.local_module.training
     strategy.eval()
-    loader = build_eval_loader(cfg.data, splits.val, per_process_batch, scale=cfg.data.eval_scale,
+    loader = build_eval_loader(cfg.data, splits.selection, per_process_batch, scale=cfg.data.eval_scale,
                                crop=cfg.data.eval_crop, rank=strategy.data_rank, world_size=strategy.data_world)
     # Model-parallel forwards are collective: every rank makes the same number of calls, a rank
     # whose shard ran out passing empty batches.

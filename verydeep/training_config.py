@@ -44,6 +44,8 @@ class OptimConfig:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if not (math.isfinite(self.pretrained_lr_scale) and self.pretrained_lr_scale > 0):
             raise ValueError(f"pretrained_lr_scale must be a finite number > 0 (to keep layers fixed, set "
                              f"model.freeze_convs), got {self.pretrained_lr_scale}")
@@ -116,6 +118,8 @@ class TrainConfig:
             raise ValueError(f"max_skipped_share must be in [0, 1], got {self.max_skipped_share}")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be >= 1")
+        if self.max_iterations is not None and self.max_iterations < 1:
+            raise ValueError(f"max_iterations must be >= 1 (or null: no cap), got {self.max_iterations}")
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:

@@ -74,7 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_data(p, help="dataset folder (required: a checkpoint supplies the net, its classes and preprocessing, "
                      "never the data to read)")
     add_batch_size(p, default=32, what="images per forward pass")
-    p.add_argument("--crop-batch", type=int,
+    p.add_argument("--crop-batch", type=positive_int,
                    help="multi-crop: most crops per forward pass (default 4 x batch size, at least one image's)")
     add_workers(p, default_text="the checkpoint's recipe's")
     p.add_argument("--limit", type=positive_int, metavar="N", help="evaluate only the first N validation images")
@@ -156,6 +156,9 @@ def run_eval(args: argparse.Namespace) -> int:
         check_output_file(args.json, "--json")
     if args.save_posteriors:
         check_folder(args.save_posteriors)
+    for flag, path in (("--per-image", args.per_image), ("--per-class", args.per_class)):
+        if path:
+            check_output_file(path, flag)
     stored = {"posteriors_dtype": check_dtype(args.posteriors_dtype)} if args.posteriors_dtype else {}
     runtime = build_runtime(dist.device, args.amp)
     runtime.apply_tf32()
@@ -164,6 +167,11 @@ def run_eval(args: argparse.Namespace) -> int:
     data_cfg = _eval_data(args, nets[0])
     splits = discover(data_cfg, classes=nets[0].classes)  # a val/-only folder: numbered as the net's classes
     samples = splits.val[: args.limit] if args.limit else splits.val
+    if not samples:
+        from verydeep.data.errors import DataError
+
+        raise DataError(f"{data_cfg.root}: no validation images to evaluate (give a folder with val/<class>/ "
+                        "images, or ImageNet's layouts)")
     rows = [RowSpec.for_nets(p, [net.data for net in nets], s)
             for s in scale_sets for p in _protocols(args.protocol)]
     # --batch-size is global, as everywhere: each of the W processes takes its share.
@@ -241,6 +249,10 @@ def _eval_data(args: argparse.Namespace, net):
 
 def run_predict(args: argparse.Namespace) -> int:
     check_paths(args)
+    if args.json and args.json != "-":
+        from verydeep.evaluate.report import check_output_file
+
+        check_output_file(args.json, "--json")
     from verydeep.evaluate import load_eval_net, predict
 
     scale_sets, protos = _scale_sets(args.scales or ["single"]), _protocols(args.protocol)
@@ -270,7 +282,14 @@ def _predict_exit_code(results: list[dict]) -> int:
     missing file, a folder, not an image): the user's input, not a bug (exit 1)."""
     from verydeep.errors import EXIT_DATA, EXIT_OK
 
-    return EXIT_OK if all("error" not in r for r in results) else EXIT_DATA
+    failed = [r for r in results if "error" in r]
+    if failed:  # the last line names the images, as every failure's does (stdout keeps one line per image)
+        first = failed[0]["error"] if failed[0]["error"].startswith(failed[0]["path"]) else \
+            f"{failed[0]['path']}: {failed[0]['error']}"
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        print(f"verydeep: error: {len(failed)} of {len(results)} images could not be read: {first}{more}",
+              file=sys.stderr)
+    return EXIT_OK if not failed else EXIT_DATA
 
 
 def run_export(args: argparse.Namespace) -> int:

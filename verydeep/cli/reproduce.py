@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from verydeep.cli.vocabulary import add_amp, add_data, add_device, add_devices, add_out
+from verydeep.cli.vocabulary import add_amp, add_data, add_device, add_devices, add_out, positive_float
 from verydeep.models.config import DENSE_POOLING
 
 
@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="the tables to reproduce; only the runs they need are trained (default: %(default)s)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (runs, order, which exist) and, with a measured throughput, GPU-hours")
-    p.add_argument("--images-per-s", type=float, metavar="N",
+    p.add_argument("--images-per-s", type=positive_float, metavar="N",
                    help="dry run: measured training images/s of VGG16 (D) at 224 on one device")
     p.add_argument("--bench", metavar="FILE",
                    help="dry run: the throughput from `verydeep bench train --preset paper --json FILE`")
@@ -52,6 +52,10 @@ def run_reproduce(args: argparse.Namespace) -> int:
                   tables=parse_tables(args.tables), device=args.device, amp=args.amp,
                   dense_pooling=args.dense_pooling,
                   command=" ".join(["verydeep", *map(shlex.quote, sys.argv[1:])]))
+    if req.out.exists() and not req.out.is_dir():  # the dry run writes nothing, but plans into --out
+        from verydeep.errors import OutputError
+
+        raise OutputError(20, f"--out {req.out}: a file stands where the runs' folder should be")
     if args.dry_run:
         print(describe_plan(req, _throughput(args), _devices(args)))
         return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # The one place the default init scheme is named (create_model and recipes share it).
@@ -9,6 +10,9 @@ DEFAULT_INIT = "kaiming"
 # Dense evaluation's max-pool rounding: floor (PyTorch's) or ceil (Caffe's, where the paper's dense
 # numbers were made); defined here, without torch, so the command line can offer it at once.
 DENSE_POOLING = ("floor", "ceil")
+# model.width's ceiling: 4x the paper's channels is already 16x its parameters (VGG-16's FC1 alone
+# 1.6 G); a wider net would fail in the allocator, with a traceback, not at the config.
+MAX_WIDTH = 4.0
 
 
 @dataclass
@@ -39,6 +43,8 @@ class ModelConfig:
     freeze_convs: bool = False
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.width, (int, float)) and math.isfinite(self.width) and 0 < self.width <= MAX_WIDTH):
+            raise ValueError(f"width must be a number in (0, {MAX_WIDTH:g}], got {self.width}")
         given = [key for key in ("init_from", "weights", "pretrained") if getattr(self, key)]
         if len(given) > 1:
             raise ValueError(f"{' and '.join(given)} are exclusive: a run starts from one set of weights")

@@ -53,7 +53,12 @@ class Throughput:
 
 def throughput_from_bench(path: str | Path) -> Throughput:
     """The "ours" training figure of a ``verydeep bench train --json`` file (paper preset)."""
-    data = json.loads(Path(path).read_text())
+    try:
+        data = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a bench JSON file ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a bench JSON file (a {type(data).__name__}, not an object)")
     ours = [r for r in data.get("results", []) if r.get("bench") == "train" and r.get("variant") == "ours"]
     if not ours:
         raise ValueError(f"{path}: no 'ours' training figure (write one with verydeep bench train --preset paper "

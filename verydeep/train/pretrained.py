@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from verydeep.checkpoint import Checkpoint
+from verydeep.checkpoint import Checkpoint, check_shapes, check_spec
 from verydeep.errors import CheckpointError
 from verydeep.models.registry import CANONICAL
 from verydeep.models.vgg import VGG, VGGSpec
@@ -117,6 +117,8 @@ def load_pretrained(model: VGG, ckpt: Checkpoint, source: str, *, classes: list[
                     caffe_bgr: bool = False) -> PretrainedFit:
     """Copy every tensor of ``ckpt`` into ``model`` (its classifier only when the file's classes
     are the data's ``classes``); CheckpointError naming the first layer that does not fit."""
+    if ckpt.spec is not None:  # the file's own metadata describes its tensors, or the file is refused
+        check_shapes(check_spec(ckpt.spec, ckpt.path), ckpt.weights, ckpt.path)
     state = caffe_bgr_to_rgb(ckpt.weights) if caffe_bgr else ckpt.weights
     with torch.device("meta"):
         net = {k: v.shape for k, v in VGG(model.spec).state_dict().items()}

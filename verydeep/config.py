@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import logging
 import re
 import types
 import typing
@@ -180,6 +181,8 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[s
             raise ConfigError(f"{path}: not a text file (not UTF-8: {e.reason} at byte {e.start})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a recipe must be a mapping of sections")
+        if not data:
+            logging.getLogger(__name__).warning("%s is empty: every setting is the default", path)
     if recipe is not None:
         data.setdefault("recipe", Path(str(recipe)).name.removesuffix(".yaml"))
     for item in overrides:

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,12 @@ def test_recipe_names_cannot_leave_the_recipes(tmp_path, monkeypatch, capsys):
         assert f"no packaged recipe named {name!r}" in captured.err
     assert main(["recipes", "paper_A_S256"]) == 0
     assert "model:" in capsys.readouterr().out
+
+
+def test_an_empty_recipe_says_that_every_setting_is_the_default(tmp_path, caplog):
+    empty = tmp_path / "mine.yaml"
+    empty.write_text("# nothing yet\n")
+    with caplog.at_level("WARNING", logger="verydeep"):
+        cfg = load_config(empty)
+    assert dataclasses.replace(cfg, recipe="") == load_config(None)
+    assert [r.getMessage() for r in caplog.records] == [f"{empty} is empty: every setting is the default"]

@@ -180,3 +180,10 @@ def test_report_png_has_a_y_equals_x_line_and_labels_that_do_not_overlap():
         frame = ax.get_window_extent(renderer)
         assert all(frame.contains(b.x0, b.y0) and frame.contains(b.x1, b.y1) for b in boxes)
     plt.close(fig)
+
+
+def test_the_runs_table_names_the_images_model_selection_read():
+    from verydeep.reproduce.report import runs_section
+
+    assert "| best val top-1 (centre crop) |" in runs_section({})[0]
+    assert "| best held-out top-1 (centre crop) |" in runs_section({}, "held-out")[0]

@@ -79,27 +79,16 @@ def test_two_gloo_processes_count_every_image_once(dataset, tmp_path):
             assert top5 == ref_res.top5.tolist()  # every image evaluated, none twice
 
 
-def _saving_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
-    try:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                          WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-        torch.set_num_threads(1)
-        from pathlib import Path
+def _save_store(info, root: str, out: str) -> bool:
+    """One rank of ``--save-posteriors`` (the process group joined by ``run_ranks``): whether
+    this rank kept the store."""
+    from pathlib import Path
 
-        from verydeep.parallel.distributed import init_distributed, shutdown
-
-        init_distributed("cpu", "gloo", timeout_s=60)
-        cfg = data_cfg(Path(root))
-        samples, classes = val_samples(cfg)
-        res = evaluate_rows(tiny_net(), cfg, samples, ROWS, classes=classes, options=OPTIONS,
-                            save_posteriors=Path(out) / "store")
-        assert (res.store is not None) == (rank == 0)
-        shutdown()
-    except BaseException:
-        from pathlib import Path
-
-        Path(out, f"rank{rank}.error").write_text(traceback.format_exc())
-        raise
+    cfg = data_cfg(Path(root))
+    samples, classes = val_samples(cfg)
+    res = evaluate_rows(tiny_net(), cfg, samples, ROWS, classes=classes, options=OPTIONS,
+                        save_posteriors=Path(out) / "store")
+    return res.store is not None
 
 
 @pytest.mark.slow
@@ -107,21 +96,12 @@ def test_two_gloo_processes_save_one_store_of_every_image(dataset, tmp_path):
     """--save-posteriors under two ranks: rank 0's store holds all 7 images, as one process's does."""
     import numpy as np
 
+    from tests.parallel.launch import run_ranks
     from verydeep.evaluate.posterior_store import PosteriorStore
 
     cfg = data_cfg(dataset)
     samples, classes = val_samples(cfg)
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [ctx.Process(target=_saving_worker, args=(r, 2, port, str(dataset), str(tmp_path))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-        if p.is_alive():
-            p.kill()
-    errors = [(tmp_path / f"rank{r}.error") for r in range(2)]
-    assert all(p.exitcode == 0 for p in procs), [e.read_text() for e in errors if e.exists()]
+    assert run_ranks(_save_store, 2, str(dataset), str(tmp_path), timeout=120) == [True, False]  # rank 0 keeps it
     single = evaluate_rows(tiny_net(), cfg, samples, ROWS, classes=classes, options=OPTIONS,
                            save_posteriors=tmp_path / "single")
     two, one = PosteriorStore.open(tmp_path / "store"), PosteriorStore.open(tmp_path / "single")

@@ -1,7 +1,8 @@
 """Non-finite losses in a training run: stopped with one line and exit code 5 (diverged),
 never naming a checkpoint that does not exist; under ``train.nonfinite=skip`` counted in the
 metrics and the result, and the run fails when too many steps were skipped. Both with the
-CPU's host check and with the device-side guard CUDA runs use (fused optimiser, no sync)."""
+device-side guard every run with plain parameters uses (fused optimiser, no host read) and
+with the host check of the unfused optimisers (DTensor shards, fp16 loss scaling)."""
 
 from __future__ import annotations
 
@@ -41,21 +42,21 @@ def _poison(monkeypatch, bad_calls):
 
 
 @pytest.fixture
-def device_guard(monkeypatch):
-    """The run's optimiser fused, as on CUDA: the step drops a non-finite update on the device
-    and the loop learns of it when it reads the losses back."""
-    def fused(model, cfg, device, pretrained=frozenset()):
+def host_guard(monkeypatch):
+    """The run's optimiser unfused (per-tensor loops, as for DTensor shards): the step reads its
+    non-finite flag on the host and stops at once."""
+    def unfused(model, cfg, device, pretrained=frozenset()):
         return torch.optim.SGD(parameter_groups(model, cfg, pretrained), lr=cfg.lr, momentum=cfg.momentum,
-                               fused=True)
+                               foreach=False)
 
-    monkeypatch.setattr(run_setup, "build_optimizer", fused)
+    monkeypatch.setattr(run_setup, "build_optimizer", unfused)
 
 
 def _records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_device_guard_stops_at_the_next_log_line(tiny_imagenet, tmp_path, monkeypatch, device_guard):
+def test_device_guard_stops_at_the_next_log_line(tiny_imagenet, tmp_path, monkeypatch):
     _poison(monkeypatch, {2})
     with pytest.raises(NonFiniteLossError, match="loss is nan at step 2 .epoch 1, batch 2.") as e:
         train(_cfg(tiny_imagenet, "train.log_every=2"), tmp_path / "run")
@@ -63,7 +64,7 @@ def test_device_guard_stops_at_the_next_log_line(tiny_imagenet, tmp_path, monkey
     assert [r["step"] for r in _records(tmp_path / "run") if r["kind"] == "train"] == [2]  # step 4's never written
 
 
-def test_device_guard_never_checkpoints_past_a_non_finite_step(tiny_imagenet, tmp_path, monkeypatch, device_guard):
+def test_device_guard_never_checkpoints_past_a_non_finite_step(tiny_imagenet, tmp_path, monkeypatch):
     _poison(monkeypatch, {2})
     with pytest.raises(NonFiniteLossError, match="at step 2 ") as e:
         train(_cfg(tiny_imagenet, "train.checkpoint_every_steps=1", "train.log_every=10"), tmp_path / "run")
@@ -92,8 +93,8 @@ def test_a_diverged_run_ends_in_one_line_and_exit_code_5(tiny_imagenet, tmp_path
 @pytest.mark.parametrize("guard", ["host", "device"])
 def test_too_many_skipped_steps_fail_the_run(tiny_imagenet, tmp_path, monkeypatch, request, guard):
     """7 of 8 steps skipped: not 'completed', but exit code 5; every skip counted."""
-    if guard == "device":
-        request.getfixturevalue("device_guard")
+    if guard == "host":
+        request.getfixturevalue("host_guard")
     _poison(monkeypatch, {0, 1, 2, 3, 5, 6, 7})
     with pytest.raises(TooManySkippedSteps, match="7 of 8 steps had a non-finite loss") as e:
         train(_cfg(tiny_imagenet, "train.nonfinite=skip"), tmp_path / "run")
@@ -166,15 +167,15 @@ def _plant_inf_gradient(monkeypatch, bad_calls):
 @pytest.mark.parametrize("guard", ["host", "device"])
 def test_an_inf_gradient_stops_the_run_with_exit_code_5(tiny_imagenet, tmp_path, monkeypatch, capsys, request,
                                                        guard):
-    if guard == "device":
-        request.getfixturevalue("device_guard")
+    if guard == "host":
+        request.getfixturevalue("host_guard")
     _plant_inf_gradient(monkeypatch, {1})
     assert _train_cli(tiny_imagenet, tmp_path / "run", "train.plot=false") == EXIT_DIVERGED
     err = capsys.readouterr().err
     assert "Traceback" not in err and "a gradient is non-finite at step 1 (loss " in err
 
 
-def test_an_inf_gradient_is_skipped_and_counted_under_skip(tiny_imagenet, tmp_path, monkeypatch, device_guard):
+def test_an_inf_gradient_is_skipped_and_counted_under_skip(tiny_imagenet, tmp_path, monkeypatch):
     _plant_inf_gradient(monkeypatch, {3})
     result = train(_cfg(tiny_imagenet, "train.nonfinite=skip", "train.max_skipped_share=0.2"), tmp_path / "run")
     assert result.skipped_steps == 1 and result.steps == 8

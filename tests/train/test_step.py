@@ -29,12 +29,13 @@ def _setup(optimizer="sgd", fused=False, seed=0):
     model = create_model("A", num_classes=4, width=1 / 16, head_size=1, fc_features=16, dropout=0.0)
     strategy = build_strategy(model, ParallelConfig(), DistInfo(), crop_size=32)
     cfg = OptimConfig(name=optimizer, lr=0.05)
-    if fused:  # the CUDA choice, on CPU: the kernels that take found_inf
+    if fused:  # the run's choice for plain parameters: the kernels that take found_inf
+        opt = build_optimizer(model, cfg, torch.device("cpu"))
+        assert all(group["fused"] for group in opt.param_groups)
+    else:  # the unfused per-tensor loops (DTensor shards' kernels on the CPU): the host check
         cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optimizer]
         kwargs = {"momentum": cfg.momentum} if optimizer == "sgd" else {}
-        opt = cls(parameter_groups(model, cfg), lr=cfg.lr, fused=True, **kwargs)
-    else:
-        opt = build_optimizer(model, cfg, torch.device("cpu"))
+        opt = cls(parameter_groups(model, cfg), lr=cfg.lr, foreach=False, **kwargs)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     schedule = LRSchedule(ScheduleConfig(name="constant"), cfg.lr, steps_per_epoch=10, epochs=1)
     gen = torch.Generator().manual_seed(1)
@@ -119,8 +120,8 @@ def test_a_skipped_first_step_leaves_fused_sgd_as_if_it_had_not_happened(monkeyp
 
 @pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_host_path_never_steps_on_a_non_finite_loss(monkeypatch, policy):
-    """CPU training keeps plain per-tensor loops (their arithmetic is what bitwise resume is
-    built on) and decides on the host: stop raises at once, skip drops the update."""
+    """The unfused optimisers (DTensor shards) decide on the host: stop raises at once, skip
+    drops the update."""
     model, strategy, opt, scaler, schedule, batch = _setup("sgd")
     assert not skips_on_device(opt, scaler)
     _step(strategy, opt, scaler, schedule, batch, 0)
@@ -159,12 +160,23 @@ def test_clipping_matches_torch_and_stays_on_the_device():
         torch.testing.assert_close(a.grad, b.grad)
 
 
-def test_optimiser_kernels_per_device():
+def test_optimiser_kernels_per_device(tmp_path):
+    """Fused for plain parameters on CPU and CUDA; DTensor shards keep torch's unfused kernels."""
     params = [torch.nn.Parameter(torch.zeros(2))]
-    assert kernel_choice(params, torch.device("cpu")) == {"foreach": False}
+    assert kernel_choice(params, torch.device("cpu")) == {"fused": True}
     assert kernel_choice(params, torch.device("cuda")) == {"fused": True}
-    opt = build_optimizer(torch.nn.Linear(2, 2), OptimConfig(), torch.device("cpu"))
-    assert not opt.param_groups[0]["fused"] and opt.param_groups[0]["foreach"] is False
+    dist = torch.distributed
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        mesh = dist.device_mesh.init_device_mesh("cpu", (1,))
+        shard = torch.nn.Parameter(dist.tensor.distribute_tensor(torch.zeros(2), mesh))
+        assert kernel_choice([params[0], shard], torch.device("cpu")) == {"foreach": False}
+        assert kernel_choice([params[0], shard], torch.device("cuda")) == {"foreach": True}
+    finally:
+        dist.destroy_process_group()
+    for name in ("sgd", "adam", "adamw"):
+        opt = build_optimizer(torch.nn.Linear(2, 2), OptimConfig(name=name), torch.device("cpu"))
+        assert all(group["fused"] for group in opt.param_groups)
 
 
 def test_meter_reports_the_mean_of_applied_steps_and_the_skipped_ones():

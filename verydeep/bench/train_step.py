@@ -12,7 +12,8 @@ Variants (``variants``, comma-separated):
   non-finite guard without a host sync, cudnn.benchmark and TF32 on CUDA.
 - ``ours+OPT[+OPT...]``: the same with one thing changed, to measure its share or a change
   the loop might adopt: ``compile`` (the model compiled in place, as ``train.compile`` does),
-  ``foreach`` (SGD's foreach kernels, the optimiser before fused), ``nosync`` (no non-finite
+  ``foreach`` (SGD's foreach kernels, CUDA's optimiser before fused), ``loop`` (SGD's
+  per-tensor loops: torch's default on the CPU, the reference's kernels there), ``nosync`` (no non-finite
   guard at all), ``slices`` (the strategy's forward/backward replaced by a bare micro-batch
   loop over the model: what the parallel-strategy interface costs a single process),
   ``graphs`` (the whole step captured once in a CUDA graph and replayed: no per-step LR, seed
@@ -61,7 +62,7 @@ from verydeep.train.optim import build_optimizer, parameter_groups
 from verydeep.train.schedules import LRSchedule
 from verydeep.train.step import StepSettings, train_step
 
-OPTIONS = ("compile", "foreach", "nosync", "slices", "graphs", "cl", "nocl")
+OPTIONS = ("compile", "foreach", "loop", "nosync", "slices", "graphs", "cl", "nocl")
 REFERENCE_OPTIONS = ("timm",)
 
 
@@ -163,12 +164,13 @@ def _our_model(cfg: TrainBenchConfig, device: torch.device):
                         head_size=max(1, cfg.image_size // 32)).to(device)
 
 
-def _our_optimizer(module, device: torch.device, foreach: bool):
+def _our_optimizer(module, device: torch.device, opts: set[str]):
+    """``build_optimizer``'s (fused where it can), or SGD with the unfused kernels the options name."""
     ocfg = OptimConfig()
-    if not foreach:
+    if not opts & {"foreach", "loop"}:
         return build_optimizer(module, ocfg, device)
     return torch.optim.SGD(parameter_groups(module, ocfg), lr=ocfg.lr, momentum=ocfg.momentum,
-                           nesterov=ocfg.nesterov, foreach=True)
+                           nesterov=ocfg.nesterov, foreach="foreach" in opts)
 
 
 class OurStep:
@@ -184,7 +186,7 @@ class OurStep:
             self.model.compile(backend=cfg.compile_backend)
         self.strategy = build_strategy(self.model, ParallelConfig(), DistInfo(device=self.device),
                                        crop_size=cfg.image_size, accum=cfg.accum)
-        self.optimizer = _our_optimizer(self.strategy.local_module, device, "foreach" in opts)
+        self.optimizer = _our_optimizer(self.strategy.local_module, device, opts)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.runtime.amp_dtype is torch.float16)
         self.schedule = LRSchedule(ScheduleConfig(name="constant"), OptimConfig().lr, steps_per_epoch=1, epochs=1)
         self.settings = StepSettings(seed=cfg.seed, amp_dtype=self.runtime.amp_dtype,

@@ -48,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_amp(t, default=None, default_text="the preset's")
     t.add_argument("--accum", type=int, help="micro-batches per step")
     t.add_argument("--variants", help="comma-separated: reference, reference+timm, ours, ours+OPTION[+OPTION] "
-                                      "with OPTION among compile, foreach, nosync, slices, graphs, cl, nocl "
+                                      "with OPTION among compile, foreach, loop, nosync, slices, graphs, cl, nocl "
                                       "(default reference,ours)")
     t.add_argument("--compile", action="store_true", help="add the ours+compile variant")
     t.add_argument("--compile-backend", help="of the compile option (inductor; aot_eager: no kernels built)")

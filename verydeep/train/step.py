@@ -3,16 +3,14 @@
 The step owns the loss: the criterion (``verydeep.train.loss``, in ``StepSettings.loss_fn``)
 goes to the strategy's forward-backward. It also owns the guard
 (:mod:`verydeep.train.nonfinite`): a NaN or infinite loss or gradient never reaches the
-weights, and weights that the update made non-finite are reported as a diverged run. On CUDA
-it does so without reading anything back to the host: the step computes a flag over the loss
+weights, and weights that the update made non-finite are reported as a diverged run. It does so
+without reading anything back to the host (on CUDA and on the CPU alike): the step computes a flag over the loss
 and every gradient on the device and hands it to a fused optimiser as ``found_inf`` (the
 protocol ``torch.amp.GradScaler`` uses), whose kernel then leaves parameters, momentum, step
 counts and weight decay untouched. The step's status comes back as a device tensor with its
 loss, and the loop reads both back at its next log line (see
-:class:`~verydeep.train.metrics.TrainMeter`). Where no fused optimiser can take the flag (the
-CPU's plain loops, whose arithmetic the bitwise-resume guarantee is built on, DTensor
-parameters, fp16 loss scaling) the step reads the flag on the host, as cheap there as it is
-anywhere on a CPU.
+:class:`~verydeep.train.metrics.TrainMeter`). Where no fused optimiser can take the flag (DTensor
+parameters, fp16 loss scaling) the step reads the flag on the host instead.
 """
 
 from __future__ import annotations

@@ -77,6 +77,9 @@ def test_imagenet_dry_run_prints_the_full_plan(tiny_data, tmp_path, capsys):
     lines = [line for line in out.splitlines() if line[:3].strip().rstrip(".").isdigit()]
     assert len(lines) == 13 and "paper_A_S256" in lines[0] and "GPU-h" in lines[0]
     assert "paper_D_multiscale_fconly" in lines[-1] and "FC layers only" in lines[-1]
+    # the recipes' 74 epochs are a cap the plateau rule ends earlier, said so
+    assert all("up to 74 epochs (the plateau rule ends it at the first plateau after 3 LR decreases)" in line
+               for line in lines)
     assert "from model.init_from=paper_A_S256/best.pt" in out and "4 device(s)" in out
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
     # 8 training images, fewer than a batch of 256: rounded up, never "~0 GPU-h"
@@ -148,8 +151,11 @@ def test_the_mini_report_says_its_choices_were_made_on_held_out_training_images(
     assert f"data.holdout={MINI.holdout}" in MINI.run_overrides("paper_A_S256", load_config("paper_A_S256"))
     # the settings themselves: each says it was chosen on held-out training images, with figures
     chosen = [d for d in mini if "held-out" in d.measured]
-    assert {"init", "dropout", "plateau"} <= {w for d in chosen for w in ("init", "dropout", "plateau")
-                                              if w in d.what}
+    assert {"init", "dropout", "plateau", "images at 32/224"} <= {
+        w for d in chosen for w in ("init", "dropout", "plateau", "images at 32/224") if w in d.what}
+    # the epochs were checked there too and are the paper's recipes' (up to 74, the plateau rule)
+    from verydeep.reproduce.profiles import PAPER_CHAIN
+    assert not any("train.epochs" in o for r in PAPER_CHAIN for o in MINI.run_overrides(r, load_config(r)))
     # the imagenet profile keeps the paper's protocol: selection on the validation set, a departure
     imagenet = [d.what for d in all_departures(IMAGENET, "fp32", "fp32", "ceil")]
     assert IMAGENET.holdout == 0 and any("on the validation set, the same images the tables report" in w

@@ -102,6 +102,14 @@ def ensure_dataset(req: Request) -> None:
     log.info("dataset written in %.0f s", time.perf_counter() - t)
 
 
+def epochs_text(cfg) -> str:
+    """A run's epochs as the plan states them: under the plateau rule a cap the rule may end earlier."""
+    if cfg.schedule.name == "plateau" and cfg.schedule.max_decreases:
+        return (f"up to {cfg.train.epochs} epochs (the plateau rule ends it at the first plateau after "
+                f"{cfg.schedule.max_decreases} LR decreases)")
+    return f"{cfg.train.epochs} epochs"
+
+
 def describe_plan(req: Request, throughput: Throughput | None = None, devices: int = 1) -> str:
     """The plan as text: order, runs, where each starts from, status, precision, departures;
     with ``throughput`` the GPU-hours of each run and of each table's evaluation, the
@@ -120,7 +128,7 @@ def describe_plan(req: Request, throughput: Throughput | None = None, devices: i
             start += ", FC layers only"
         line = (f"{i:2d}. {run.name:<25} net {run.net:<5} S={cfg.data.scale_min}"
                 f"{'' if cfg.data.scale_max == cfg.data.scale_min else f'-{cfg.data.scale_max}'}  from {start}; "
-                f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, lr {cfg.optim.lr:g}  [{run.status}]")
+                f"{epochs_text(cfg)}, batch {cfg.train.batch_size}, lr {cfg.optim.lr:g}  [{run.status}]")
         if estimate:
             hours = round_up(gpu_hours(cfg, counts[0], throughput))
             total += hours

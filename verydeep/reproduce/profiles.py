@@ -160,7 +160,7 @@ MINI_DEPARTURES = (
               "held-out top-1, best of the first 40 (S=256) or 10 (fine-tunings) epochs vs best of the whole run the "
               "rule allowed: A 22.2 -> 10.0 (75 epochs: 40 left it at its first LR), E 10.6 -> 10.2 (55); S=384 C "
               "13.8 -> 13.8 (22), D 9.6 -> 8.8 (25), E 10.8 -> 10.6 (24); jittered C 12.8 -> 11.6 (29), D 10.0 -> "
-              "9.0 (27), E 9.8 -> 9.4 (18): each fine-tune within noise, together 0.6 points better; on the alt "
+              "9.0 (27), E 9.8 -> 9.4 (25): each fine-tune within noise, together 0.6 points better; on the alt "
               "data, see docs/reproduction.md"),
 )
 MINI = Profile(

@@ -285,3 +285,26 @@ def test_the_criterion_is_cross_entropy_with_smoothing_and_soft_labels():
     torch.testing.assert_close(loss, expected)
     soft = torch.tensor([[0.5, 0.5, 0.0]])
     torch.testing.assert_close(classification_loss()(logits, soft), -(0.5 * log_p[0] + 0.5 * log_p[1]))
+
+
+def test_seed_step_draws_the_masks_torch_manual_seed_draws():
+    """Seeding only the step's generators leaves dropout exactly as torch.manual_seed did."""
+    from verydeep.train.step import seed_step
+    torch.manual_seed(1234)
+    expected = torch.nn.functional.dropout(torch.ones(64), 0.5)
+    torch.manual_seed(99)  # another state in between
+    seed_step(1234, torch.device("cpu"))
+    assert torch.equal(torch.nn.functional.dropout(torch.ones(64), 0.5), expected)
+
+
+def test_the_guard_reads_buffers_replaced_after_its_first_step():
+    """The strategy finds the buffer-holding modules once but reads their buffers afresh: a
+    running statistic replaced (module.to, a loaded state) is the one checked."""
+    model = create_model("vgg11_bn", num_classes=4, width=1 / 16, head_size=1, fc_features=16)
+    strategy = build_strategy(model, ParallelConfig(), DistInfo(), crop_size=32)
+    first = strategy.floating_buffers()
+    assert len(first) == 2 * 8 and all(b.is_floating_point() for b in first)  # 8 BNs: mean, var
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_var = torch.full_like(bn.running_var, float("nan"))
+    assert any(b is bn.running_var for b in strategy.floating_buffers())
+    assert nonfinite_flag(strategy.floating_buffers(), torch.device("cpu")).item() == 1.0

@@ -155,6 +155,9 @@ class BareMicroBatches:
     def any_rank(self, flag: torch.Tensor) -> torch.Tensor:
         return self.strategy.any_rank(flag)
 
+    def floating_buffers(self) -> list[torch.Tensor]:
+        return self.strategy.floating_buffers()
+
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         return self.strategy.clip_grad_norm_(max_norm)
 

@@ -54,6 +54,16 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**63 - 1)
 
 
+def seed_step(seed: int, device: torch.device) -> None:
+    """Seed the generators a step draws its dropout masks from: the CPU's and, on CUDA, the
+    step's device's. The same state ``torch.manual_seed`` leaves them in, without seeding every
+    other device and device type as well (0.1 ms a step on the CPU, 0.3% of the demo net's step)."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.default_generators[index].manual_seed(seed)
+
+
 def forward_backward(strategy: ParallelStrategy, images: torch.Tensor, labels: torch.Tensor, loss_fn: LossFn,
                      amp_dtype: torch.dtype | None, scaler: torch.amp.GradScaler) -> torch.Tensor:
     """Forward and backward of one global-batch step in whatever parallel mode; the batch-mean loss.
@@ -86,7 +96,7 @@ def train_step(strategy: ParallelStrategy, optimizer: torch.optim.Optimizer, sca
     lr = schedule.lr(step)
     for group in optimizer.param_groups:  # a fine-tuning run's pretrained layers: lr x optim.pretrained_lr_scale
         group["lr"] = lr * group.get("lr_scale", 1.0)
-    torch.manual_seed(step_seed(settings.seed, step, strategy.dist.rank))
+    seed_step(step_seed(settings.seed, step, strategy.dist.rank), strategy.dist.device)
     loss = forward_backward(strategy, images, labels, settings.loss_fn, settings.amp_dtype, scaler).detach()
     if not settings.check_finite:
         _update(strategy, optimizer, scaler, settings)
@@ -108,8 +118,7 @@ def train_step(strategy: ParallelStrategy, optimizer: torch.optim.Optimizer, sca
     # The weights and the batch-norm running statistics, which the forward updated even when
     # the update was dropped: a finite loss can hide statistics that overflowed (a training
     # forward never reads them; validation does).
-    buffers = [b for b in strategy.local_module.buffers() if b.is_floating_point()]
-    diverged = strategy.any_rank(nonfinite_flag([*params, *buffers], loss.device))
+    diverged = strategy.any_rank(nonfinite_flag([*params, *strategy.floating_buffers()], loss.device))
     if not on_device and diverged.item():
         raise NonFiniteStep(step, loss.item(), DIVERGED).error()
     return StepResult(loss, torch.maximum(found_inf * SKIPPED, diverged * DIVERGED))

@@ -80,7 +80,10 @@ def findings_section(findings: list[Finding]) -> list[str]:
               "held (every comparison the paper's way, beyond noise), held within noise (every one the paper's "
               "way, some within noise), partly held, not shown (none the paper's way, all within noise), did not "
               "hold (one against the paper, beyond noise). A \"does not help\" claim holds unless the addition "
-              "helps beyond noise."), "",
+              "helps beyond noise. The test judges the noise of the evaluated images, not of the training: "
+              "each cell is one trained net, and another training of the same chain (other random draws, "
+              "another point where the plateau rule divides the LR) can move a cell by more than the test "
+              "allows for."), "",
              "| the paper's finding | evidence | here | comparisons |", "|---|---|---|---|"]
     for f in findings:
         comparisons = "; ".join(c.describe() for c in f.comparisons) or "-"

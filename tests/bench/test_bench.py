@@ -259,3 +259,17 @@ def test_gpucheck_fails_on_corruption_not_on_resampling_noise():
     assert not verdict(noise, False, 0, draft=False)[0]  # labels
     assert not verdict(noise, True, 3, draft=False)[0]  # non-finite losses
     assert verdict(corrupt, True, 0, draft=True)[0]  # draft on: reported, not judged
+
+
+def test_our_step_runs_the_loops_optimiser_only_when_asked():
+    """``ours`` is the run's optimiser (fused); ``ours+loop`` SGD's per-tensor loops, the
+    reference's kernels on the CPU; ``ours+foreach`` the foreach kernels."""
+    import torch
+
+    from verydeep.bench.train_step import OurStep, TrainBenchConfig
+    cfg = TrainBenchConfig(model="A", width=1 / 16, image_size=32, batch_size=2, num_classes=4, device="cpu")
+    kinds = {}
+    for opts in (set(), {"loop"}, {"foreach"}):
+        group = OurStep(cfg, torch.device("cpu"), opts).optimizer.param_groups[0]
+        kinds[tuple(opts)] = (bool(group.get("fused")), group.get("foreach"))
+    assert kinds == {(): (True, None), ("loop",): (False, False), ("foreach",): (False, True)}

@@ -7,8 +7,8 @@ Variants (``variants``, comma-separated):
   timm users run it (channels_last, bf16, cudnn.benchmark, no per-step loss read).
 - ``ours``: the training loop's own step, :func:`verydeep.train.step.train_step`, set up as
   ``verydeep.train.setup`` sets up a single-process run: our VGG prepared by the run's
-  runtime policy (``verydeep.runtime``: bf16 and channels_last on CUDA) behind the
-  single-process data-parallel strategy, ``build_optimizer`` (fused SGD on CUDA), the
+  runtime policy (``verydeep.runtime``: bf16 on CUDA, channels_last on CUDA and CPU) behind the
+  single-process data-parallel strategy, ``build_optimizer`` (fused SGD), the
   non-finite guard without a host sync, cudnn.benchmark and TF32 on CUDA.
 - ``ours+OPT[+OPT...]``: the same with one thing changed, to measure its share or a change
   the loop might adopt: ``compile`` (the model compiled in place, as ``train.compile`` does),

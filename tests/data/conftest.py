@@ -17,6 +17,16 @@ def write_image(path, w=40, h=30, seed=0, fmt="JPEG", mode="RGB"):
     return path
 
 
+def write_colour_images(folder):
+    """Four 8x8 PNGs of one colour each (red, green, blue, white): a mean known by hand."""
+    paths = []
+    for k, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)]):
+        p = folder / f"img{k}.png"
+        Image.new("RGB", (8, 8), colour).save(p)
+        paths.append(str(p))
+    return paths
+
+
 def write_class_folders(split_dir, classes, per_class=3, seed=0):
     for c, wnid in enumerate(classes):
         for k in range(per_class):

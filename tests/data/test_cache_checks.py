@@ -8,8 +8,7 @@ import logging
 import os
 
 import pytest
-from .conftest import WNIDS, write_class_folders, write_image
-from PIL import Image
+from .conftest import WNIDS, write_class_folders, write_colour_images, write_image
 
 from verydeep.data import DataConfig
 from verydeep.data.checked_cache import write_checked_json
@@ -89,15 +88,6 @@ def test_a_file_added_with_the_folder_mtime_restored_is_the_documented_blind_spo
 # ----------------------------------------------------------------------------- statistics
 
 
-def _colour_images(tmp_path):
-    paths = []
-    for k, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)]):
-        p = tmp_path / f"img{k}.png"
-        Image.new("RGB", (8, 8), colour).save(p)
-        paths.append(str(p))
-    return paths
-
-
 @pytest.mark.parametrize("bad", [
     {"mean": [float("nan"), 0.5, 0.5]},
     {"mean": [0.5, 0.5]},
@@ -107,7 +97,7 @@ def _colour_images(tmp_path):
     {"pca_eigval": [1.0, float("inf"), 0.1]},
 ])
 def test_a_stats_cache_with_unusable_numbers_is_recomputed_naming_the_file(tmp_path, caplog, bad):
-    paths = _colour_images(tmp_path)
+    paths = write_colour_images(tmp_path)
     cfg = DataConfig(normalize="caffe", stats_file="train", index_cache=str(tmp_path / "cache"))
     assert resolve_stats(cfg, paths, progress=False).mean == pytest.approx([0.5] * 3)
     (cache_file,) = (tmp_path / "cache").glob("stats-*.json")
@@ -122,7 +112,7 @@ def test_a_stats_cache_with_unusable_numbers_is_recomputed_naming_the_file(tmp_p
 
 
 def test_a_stats_cache_edited_without_its_checksum_is_recomputed(tmp_path, caplog):
-    paths = _colour_images(tmp_path)
+    paths = write_colour_images(tmp_path)
     cfg = DataConfig(normalize="caffe", stats_file="train", index_cache=str(tmp_path / "cache"))
     resolve_stats(cfg, paths, progress=False)
     (cache_file,) = (tmp_path / "cache").glob("stats-*.json")

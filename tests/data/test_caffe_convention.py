@@ -14,6 +14,8 @@ from verydeep.data.loaders import normalize_batch
 from verydeep.data.stats import compute_stats, resolve_stats
 from verydeep.data.transforms import eval_transform, normalization, to_normalized_batch
 
+from .conftest import write_colour_images
+
 MEAN = [0.5, 0.25, 0.75]  # in [0, 1] units, as stats files and configs hold them
 
 
@@ -55,11 +57,7 @@ def test_caffe_signal_is_255_times_the_0_1_convention():
 
 
 def test_training_set_mean_is_computed_once_cached_and_written_into_the_config(tmp_path):
-    paths = []
-    for k, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)]):
-        p = tmp_path / f"img{k}.png"
-        Image.new("RGB", (8, 8), colour).save(p)
-        paths.append(str(p))
+    paths = write_colour_images(tmp_path)
     cfg = DataConfig(normalize="caffe", stats_file="train", index_cache=str(tmp_path / "cache"))
     resolved = resolve_stats(cfg, paths, progress=False)
     assert resolved.stats_file is None

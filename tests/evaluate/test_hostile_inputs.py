@@ -6,7 +6,7 @@ import json
 import pytest
 
 from tests.evaluate.conftest import CLASSES, tiny_net
-from tests.evaluate.test_cli import NAMES, run_dir  # noqa: F401 - the module's run fixture
+from tests.evaluate.test_cli import run_dir  # noqa: F401 - the module's run fixture
 from verydeep import checkpoint as ck
 from verydeep.cli.main import main
 from verydeep.errors import EXIT_DATA, EXIT_IO, EXIT_USAGE

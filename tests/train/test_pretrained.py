@@ -19,7 +19,7 @@ from verydeep.errors import CheckpointError, CheckpointNotFoundError
 from verydeep.models import create_model
 from verydeep.train.input_convention import pretrained_convention
 from verydeep.train.loop import train
-from verydeep.train.optim import build_optimizer, freeze_convolutions
+from verydeep.train.optim import build_optimizer
 from verydeep.train.schedules import LRSchedule
 from verydeep.train.start_check import check_start
 from verydeep.train.starting_net import model_from_config, starting_net
